@@ -1,0 +1,1 @@
+"""diffar.evaluator: validation loss, downstream tasks, the scaling-law fit."""

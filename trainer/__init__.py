@@ -1,0 +1,1 @@
+"""diffar.trainer: the AR and masked-diffusion trainer."""

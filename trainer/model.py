@@ -1,0 +1,148 @@
+"""The paper's transformer, one module for both objectives.
+
+Pre-norm blocks with RMSNorm, rotary position embeddings, SwiGLU, no biases and tied input/output
+embeddings. The only difference between AR and MDM is `causal`: AR attends to the past, MDM
+attends everywhere and sees masked positions as the mask token.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from diffar.trainer.config import ModelConfig
+
+try:  # flash-attn is a GPU-only extra; torch's SDPA is the fallback everywhere.
+    from flash_attn import flash_attn_func
+except ImportError:  # pragma: no cover - depends on the image
+    flash_attn_func = None
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Normalise in fp32 so bf16 activations do not lose the mean-square's precision.
+        xf = x.float()
+        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return xf.type_as(x) * self.weight
+
+
+def rotary_tables(seq_len: int, head_dim: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
+    angles = torch.outer(torch.arange(seq_len, dtype=torch.float32), inv_freq)
+    return angles.cos(), angles.sin()
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate pairs (x[..., :d/2], x[..., d/2:]) by position; x is (B, T, H, D)."""
+    half = x.shape[-1] // 2
+    x1, x2 = x[..., :half].float(), x[..., half:].float()
+    cos, sin = cos[None, :, None, :], sin[None, :, None, :]
+    return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).type_as(x)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig, causal: bool):
+        super().__init__()
+        self.n_heads, self.head_dim, self.causal = cfg.n_heads, cfg.head_dim, causal
+        self.dropout = cfg.dropout
+        self.qkv = nn.Linear(cfg.dim, 3 * cfg.dim, bias=False)
+        self.proj = nn.Linear(cfg.dim, cfg.dim, bias=False)
+        self.resid_dropout = nn.Dropout(cfg.dropout)
+        self.use_flash = cfg.attention != "sdpa" and flash_attn_func is not None
+        if cfg.attention == "flash" and flash_attn_func is None:
+            raise RuntimeError("model.attention=flash but flash-attn is not installed")
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        B, T, C = x.shape
+        q, k, v = self.qkv(x).view(B, T, 3, self.n_heads, self.head_dim).unbind(2)
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        p = self.dropout if self.training else 0.0
+        if self.use_flash and x.is_cuda and x.dtype in (torch.float16, torch.bfloat16):
+            y = flash_attn_func(q, k, v, dropout_p=p, causal=self.causal)
+        else:
+            y = F.scaled_dot_product_attention(
+                q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), dropout_p=p, is_causal=self.causal
+            ).transpose(1, 2)
+        return self.resid_dropout(self.proj(y.reshape(B, T, C)))
+
+
+class SwiGLU(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.gate_up = nn.Linear(cfg.dim, 2 * cfg.ffn_dim, bias=False)
+        self.down = nn.Linear(cfg.ffn_dim, cfg.dim, bias=False)
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, up = self.gate_up(x).chunk(2, dim=-1)
+        return self.dropout(self.down(F.silu(gate) * up))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig, causal: bool):
+        super().__init__()
+        self.attn_norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.attn = Attention(cfg, causal)
+        self.ffn_norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.ffn = SwiGLU(cfg)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.attn_norm(x), cos, sin)
+        return x + self.ffn(self.ffn_norm(x))
+
+
+class Transformer(nn.Module):
+    def __init__(self, cfg: ModelConfig, causal: bool):
+        super().__init__()
+        self.cfg, self.causal = cfg, causal
+        self.embed = nn.Embedding(cfg.padded_vocab_size, cfg.dim)
+        self.embed_dropout = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList(Block(cfg, causal) for _ in range(cfg.n_layers))
+        self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        cos, sin = rotary_tables(cfg.seq_len, cfg.head_dim, cfg.rope_theta)
+        self.register_buffer("rope_cos", cos, persistent=False)
+        self.register_buffer("rope_sin", sin, persistent=False)
+        self.apply(self._init_weights)
+
+    def _init_weights(self, module: nn.Module) -> None:
+        if isinstance(module, nn.Linear | nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=self.cfg.init_std)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        """tokens (B, T) -> logits (B, T, padded_vocab) in fp32."""
+        T = tokens.shape[1]
+        if T > self.cfg.seq_len:
+            raise ValueError(f"sequence of {T} tokens exceeds model.seq_len {self.cfg.seq_len}")
+        cos, sin = self.rope_cos[:T], self.rope_sin[:T]
+        x = self.embed_dropout(self.embed(tokens))
+        for block in self.blocks:
+            x = block(x, cos, sin)
+        # Tied output projection: the embedding matrix is the unembedding.
+        return F.linear(self.norm(x), self.embed.weight).float()
+
+
+def count_parameters(cfg: ModelConfig) -> int:
+    """Parameters of `Transformer(cfg)` without building it (tied embeddings counted once)."""
+    per_block = 4 * cfg.dim * cfg.dim + 3 * cfg.dim * cfg.ffn_dim + 2 * cfg.dim
+    return cfg.padded_vocab_size * cfg.dim + cfg.n_layers * per_block + cfg.dim
+
+
+def flops_per_token(cfg: ModelConfig) -> float:
+    """Training FLOPs per token (PaLM's convention): 6N for the weight matmuls, N counting the
+    blocks and the tied unembedding matmul but not the embedding lookup or norms, plus
+    12 * n_layers * L * h for attention scores and values (full, non-causal count)."""
+    n_dense = count_parameters(cfg) - cfg.padded_vocab_size * cfg.dim - (2 * cfg.n_layers + 1) * cfg.dim
+    n_unembed = cfg.padded_vocab_size * cfg.dim
+    return 6.0 * (n_dense + n_unembed) + 12.0 * cfg.n_layers * cfg.seq_len * cfg.dim
+
+
+def describe(cfg: ModelConfig) -> str:
+    n = count_parameters(cfg)
+    return f"{n / 1e6:.1f}M params (h{cfg.dim}, {cfg.n_layers} layers, {cfg.n_heads} heads, ffn {cfg.ffn_dim})"
+
