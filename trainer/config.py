@@ -34,7 +34,9 @@ class _Strict(BaseModel):
 class ModelConfig(_Strict):
     """Transformer shape. `preset` fills dim/layers/heads; explicit fields override it."""
 
-    preset: str | None = Field(None, description="Named size from the paper's grid, e.g. 140M, 425M, tiny")
+    preset: str | None = Field(
+        None, description="Named size from the paper's grid, e.g. 140M, 425M, tiny"
+    )
     dim: int | None = Field(None, ge=8, description="Hidden size h")
     n_layers: int | None = Field(None, ge=1, description="Transformer blocks")
     n_heads: int | None = Field(None, ge=1, description="Attention heads")
@@ -85,18 +87,24 @@ class ModelConfig(_Strict):
 
 
 class DataConfig(_Strict):
-    train_uri: str = Field(..., description="Token shards: a path, file:// or s3:// URI of a dataset manifest dir")
+    train_uri: str = Field(
+        ..., description="Token shards: a path, file:// or s3:// URI of a dataset manifest dir"
+    )
     val_uri: str | None = Field(None, description="Validation shards (evaluation only)")
     unique_tokens: int | None = Field(
         None, ge=2, description="Use the first U tokens of the training set (default: all of it)"
     )
-    cache_dir: str = Field(".diffar-cache", description="Local cache for shards fetched from remote stores")
+    cache_dir: str = Field(
+        ".diffar-cache", description="Local cache for shards fetched from remote stores"
+    )
 
 
 class OptimConfig(_Strict):
     lr: float = Field(2e-4, gt=0, description="Peak learning rate")
     min_lr: float = Field(2e-5, ge=0, description="Final learning rate of the cosine decay")
-    warmup_fraction: float = Field(0.01, ge=0, lt=1, description="Warmup steps as a fraction of total")
+    warmup_fraction: float = Field(
+        0.01, ge=0, lt=1, description="Warmup steps as a fraction of total"
+    )
     weight_decay: float = Field(0.1, ge=0)
     beta1: float = Field(0.9, ge=0, lt=1)
     beta2: float = Field(0.95, ge=0, lt=1)
@@ -111,17 +119,23 @@ class OptimConfig(_Strict):
 
 
 class DiffusionConfig(_Strict):
-    mask_eps: float = Field(1e-3, gt=0, lt=1, description="p = (1-eps) t + eps: the smallest mask rate")
+    mask_eps: float = Field(
+        1e-3, gt=0, lt=1, description="p = (1-eps) t + eps: the smallest mask rate"
+    )
 
 
 class CheckpointConfig(_Strict):
-    dir: str | None = Field(None, description="Checkpoint directory (path, file:// or s3://); none disables")
+    dir: str | None = Field(
+        None, description="Checkpoint directory (path, file:// or s3://); none disables"
+    )
     interval: int = Field(1000, ge=1, description="Save every N optimizer steps (and at the end)")
     keep: int = Field(3, ge=1, description="Keep the newest N checkpoints")
 
 
 class MetricsConfig(_Strict):
-    port: int | None = Field(9400, ge=0, le=65535, description="Prometheus port on rank 0 (null: off)")
+    port: int | None = Field(
+        9400, ge=0, le=65535, description="Prometheus port on rank 0 (null: off)"
+    )
     log_interval: int = Field(10, ge=1, description="Log one line every N steps")
     log_file: str | None = Field(None, description="JSON-lines log of every step's loss (rank 0)")
 
@@ -132,9 +146,13 @@ class TrainConfig(_Strict):
     model: ModelConfig
     data: DataConfig
     epochs: float = Field(1.0, gt=0, description="Passes over the unique tokens")
-    global_batch: int = Field(256, ge=1, description="Sequences per optimizer step, all ranks together")
+    global_batch: int = Field(
+        256, ge=1, description="Sequences per optimizer step, all ranks together"
+    )
     micro_batch: int = Field(8, ge=1, description="Sequences per rank per forward pass")
-    max_steps: int | None = Field(None, ge=1, description="Stop early after N steps (schedule unchanged)")
+    max_steps: int | None = Field(
+        None, ge=1, description="Stop early after N steps (schedule unchanged)"
+    )
     optim: OptimConfig = OptimConfig()
     diffusion: DiffusionConfig = DiffusionConfig()
     precision: Precision = Field("auto", description="auto: bf16 on CUDA, fp32 on CPU")
@@ -177,7 +195,9 @@ def load_config(path: str | Path) -> TrainConfig:
     try:
         raw = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
     except (json.JSONDecodeError, yaml.YAMLError) as e:
-        raise ConfigError(f"{path} is not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {e}") from None
+        raise ConfigError(
+            f"{path} is not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {e}"
+        ) from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path} must hold a mapping of config fields")
     return parse_config(raw)

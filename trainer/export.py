@@ -56,7 +56,9 @@ def load_export(path: str | Path, device: str | torch.device = "cpu") -> Exporte
     if path.is_dir():
         path = path / EXPORT_NAME
     if not path.is_file():
-        raise UserError(f"{path}: no exported model; train with checkpoint.dir set, or point at model.pt")
+        raise UserError(
+            f"{path}: no exported model; train with checkpoint.dir set, or point at model.pt"
+        )
     payload = torch.load(path, map_location=device, weights_only=False)
     if payload.get("format") != FORMAT:
         raise UserError(f"{path}: not a diffar model export (format {payload.get('format')!r})")

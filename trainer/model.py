@@ -67,7 +67,11 @@ class Attention(nn.Module):
             y = flash_attn_func(q, k, v, dropout_p=p, causal=self.causal)
         else:
             y = F.scaled_dot_product_attention(
-                q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), dropout_p=p, is_causal=self.causal
+                q.transpose(1, 2),
+                k.transpose(1, 2),
+                v.transpose(1, 2),
+                dropout_p=p,
+                is_causal=self.causal,
             ).transpose(1, 2)
         return self.resid_dropout(self.proj(y.reshape(B, T, C)))
 
@@ -137,7 +141,9 @@ def flops_per_token(cfg: ModelConfig) -> float:
     """Training FLOPs per token (PaLM's convention): 6N for the weight matmuls, N counting the
     blocks and the tied unembedding matmul but not the embedding lookup or norms, plus
     12 * n_layers * L * h for attention scores and values (full, non-causal count)."""
-    n_dense = count_parameters(cfg) - cfg.padded_vocab_size * cfg.dim - (2 * cfg.n_layers + 1) * cfg.dim
+    n_dense = (
+        count_parameters(cfg) - cfg.padded_vocab_size * cfg.dim - (2 * cfg.n_layers + 1) * cfg.dim
+    )
     n_unembed = cfg.padded_vocab_size * cfg.dim
     return 6.0 * (n_dense + n_unembed) + 12.0 * cfg.n_layers * cfg.seq_len * cfg.dim
 
@@ -145,4 +151,3 @@ def flops_per_token(cfg: ModelConfig) -> float:
 def describe(cfg: ModelConfig) -> str:
     n = count_parameters(cfg)
     return f"{n / 1e6:.1f}M params (h{cfg.dim}, {cfg.n_layers} layers, {cfg.n_heads} heads, ffn {cfg.ffn_dim})"
-

@@ -20,7 +20,9 @@ class Objective(Protocol):
     name: str
     causal: bool
 
-    def loss(self, model: nn.Module, windows: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    def loss(
+        self, model: nn.Module, windows: torch.Tensor, generator: torch.Generator
+    ) -> torch.Tensor:
         """Scalar training loss for windows (B, L+1); `generator` drives all sampling."""
         ...
 
@@ -37,7 +39,9 @@ def mdm_loss_from_logits(
 
     logits (B, L, V), clean tokens (B, L), masked (B, L) bool, p (B,) per-sequence mask rate.
     """
-    ce = F.cross_entropy(logits.flatten(0, 1).float(), clean.flatten(), reduction="none").view_as(clean)
+    ce = F.cross_entropy(logits.flatten(0, 1).float(), clean.flatten(), reduction="none").view_as(
+        clean
+    )
     weighted = torch.where(masked, ce / p[:, None], torch.zeros_like(ce))
     return weighted.sum() / clean.numel()
 
@@ -61,7 +65,9 @@ class AutoregressiveObjective:
     name: str = "ar"
     causal: bool = True
 
-    def loss(self, model: nn.Module, windows: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    def loss(
+        self, model: nn.Module, windows: torch.Tensor, generator: torch.Generator
+    ) -> torch.Tensor:
         return ar_loss_from_logits(model(windows[:, :-1]), windows[:, 1:])
 
 
@@ -72,7 +78,9 @@ class MaskedDiffusionObjective:
     name: str = "mdm"
     causal: bool = False
 
-    def loss(self, model: nn.Module, windows: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    def loss(
+        self, model: nn.Module, windows: torch.Tensor, generator: torch.Generator
+    ) -> torch.Tensor:
         clean = windows[:, :-1]
         t = torch.rand(clean.shape[0], generator=generator, device=clean.device)
         p = mask_rate(t, self.eps)

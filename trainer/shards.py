@@ -91,7 +91,9 @@ def write_shard(path: Path, tokens: np.ndarray, dtype: str) -> ShardInfo:
     with open(tmp, "wb") as f:
         f.write(data.tobytes())
     os.replace(tmp, path)
-    return ShardInfo(name=path.name, tokens=int(data.size), sha256=hashlib.sha256(data.tobytes()).hexdigest())
+    return ShardInfo(
+        name=path.name, tokens=int(data.size), sha256=hashlib.sha256(data.tobytes()).hexdigest()
+    )
 
 
 def write_manifest(directory: Path, manifest: Manifest) -> None:
@@ -109,7 +111,9 @@ def read_manifest(directory: str | Path) -> Manifest:
     return Manifest.from_json(path.read_text(), where=str(path))
 
 
-def load_tokens(directory: str | Path, limit: int | None = None, verify: bool = False) -> np.ndarray:
+def load_tokens(
+    directory: str | Path, limit: int | None = None, verify: bool = False
+) -> np.ndarray:
     """The dataset's token stream (its first `limit` tokens) as one int64 array."""
     directory = Path(directory)
     manifest = read_manifest(directory)
@@ -123,8 +127,13 @@ def load_tokens(directory: str | Path, limit: int | None = None, verify: bool = 
         if have >= want:
             break
         path = directory / shard.name
-        if not path.is_file() or path.stat().st_size != shard.tokens * np.dtype(manifest.dtype).itemsize:
-            raise DatasetError(f"{path}: missing or truncated shard; re-fetch or re-prepare the dataset")
+        if (
+            not path.is_file()
+            or path.stat().st_size != shard.tokens * np.dtype(manifest.dtype).itemsize
+        ):
+            raise DatasetError(
+                f"{path}: missing or truncated shard; re-fetch or re-prepare the dataset"
+            )
         if verify and sha256_file(path) != shard.sha256:
             raise DatasetError(f"{path}: sha256 does not match the manifest (corrupted shard)")
         arr = np.memmap(path, dtype=np.dtype(manifest.dtype).newbyteorder("<"), mode="r")
