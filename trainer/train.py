@@ -1,0 +1,173 @@
+"""The training run, top to bottom: data, model, engine, resume, loop, checkpoints, export."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+
+from diffar.trainer import checkpoint
+from diffar.trainer.config import TrainConfig
+from diffar.trainer.distributed import DistEnv, init_distributed
+from diffar.trainer.engine import build_engine
+from diffar.trainer.errors import UserError
+from diffar.trainer.export import EXPORT_NAME, save_export
+from diffar.trainer.metrics import ConsoleProgress, LossLog, StepReport, TrainMetrics, peak_flops
+from diffar.trainer.model import Transformer
+from diffar.trainer.objectives import build_objective
+from diffar.trainer.plan import RunPlan, plan_run
+from diffar.trainer.sampler import EpochSampler
+from diffar.trainer.shards import load_tokens, read_manifest
+
+
+def load_unique_tokens(cfg: TrainConfig):
+    directory = resolve_train_dataset(cfg)
+    manifest = read_manifest(directory)
+    if manifest.vocab_size != cfg.model.vocab_size:
+        raise UserError(
+            f"{cfg.data.train_uri}: tokenizer {manifest.tokenizer!r} has vocab {manifest.vocab_size} "
+            f"but model.vocab_size is {cfg.model.vocab_size}; set model.vocab_size to match the data"
+        )
+    return load_tokens(directory, cfg.data.unique_tokens)
+
+
+def resolve_train_dataset(cfg: TrainConfig) -> Path:
+    uri = cfg.data.train_uri
+    if "://" not in uri or uri.startswith("file://"):
+        return Path(uri.removeprefix("file://"))
+    from diffar.trainer.storage import resolve_dataset  # TEMP until the storage issue lands
+
+    return resolve_dataset(uri, cfg.data.cache_dir)
+
+
+def step_seed(seed: int, step: int, rank: int, micro: int) -> int:
+    # Every source of randomness in a micro-step (dropout, MDM's t and mask) is derived from
+    # (seed, step, rank, micro): a resumed run replays exactly what the uninterrupted one drew.
+    return (seed * 1_000_003 + step * 10_007 + rank * 101 + micro) % (2**63 - 1)
+
+
+def train(cfg: TrainConfig) -> RunPlan:
+    env = init_distributed()
+    cfg.check_world_size(env.world_size)
+    tokens = load_unique_tokens(cfg)
+    plan = plan_run(cfg, unique_tokens=len(tokens))
+    objective = build_objective(cfg)
+
+    torch.manual_seed(cfg.seed)  # identical initial weights on every rank
+    model = Transformer(cfg.model, causal=objective.causal)
+    engine = build_engine(model, cfg, plan, env)
+
+    sampler = EpochSampler(
+        tokens, cfg.model.seq_len, cfg.global_batch, cfg.seed, env.rank, env.world_size
+    )
+    ckpt_dir = Path(cfg.checkpoint.dir) if cfg.checkpoint.dir else None
+    position = checkpoint.load_latest(engine, ckpt_dir) if ckpt_dir else None
+    step, tokens_seen = 0, 0
+    if position is not None:
+        sampler.load_state_dict(position.sampler)
+        step, tokens_seen = position.step, position.tokens_seen
+
+    metrics = progress = loss_log = None
+    if env.is_main:
+        metrics = TrainMetrics(cfg.name, cfg.objective, cfg.metrics.port)
+        metrics.total_steps.set(plan.total_steps)
+        progress = ConsoleProgress(plan.total_steps, step)
+        loss_log = LossLog(cfg.metrics.log_file, step)
+        where = f", metrics on :{metrics.port}" if metrics.port else ""
+        resumed = f"resumed at step {step}" if position else "from scratch"
+        progress.message(
+            f"diffar train {cfg.name}: {cfg.objective} {plan.params / 1e6:.1f}M params, "
+            f"{plan.total_steps} steps on {env.world_size} rank(s), {resumed}{where}"
+        )
+
+    micro = cfg.micro_batch_for(env.world_size)
+    tokens_per_step = plan.tokens_per_step
+    peak = peak_flops(env.device) * env.world_size
+    pending: list[tuple[int, torch.Tensor, float]] = []  # losses stay on device until logged
+    window_start, window_steps = time.perf_counter(), 0
+    gen = torch.Generator(device=env.device)
+
+    while step < plan.total_steps:
+        batch = sampler.next_batch().to(env.device, non_blocking=True)
+        lr = engine.get_lr()[0]
+        step_loss = torch.zeros((), device=env.device)
+        for i, mb in enumerate(batch.split(micro)):
+            seed = step_seed(cfg.seed, step, env.rank, i)
+            torch.manual_seed(seed)
+            gen.manual_seed(seed)
+            loss = objective.loss(engine, mb, gen)
+            engine.backward(loss)
+            engine.step()
+            step_loss += loss.detach()
+        step += 1
+        tokens_seen += tokens_per_step
+        window_steps += 1
+        pending.append((step, step_loss / (len(batch) // micro), lr))
+
+        last = step == plan.total_steps
+        if (
+            step % cfg.metrics.log_interval == 0
+            or last
+            or (ckpt_dir and step % cfg.checkpoint.interval == 0)
+        ):
+            losses = _mean_over_ranks(torch.stack([loss for _, loss, _ in pending]), env)
+            elapsed = time.perf_counter() - window_start
+            tps = window_steps * tokens_per_step / max(elapsed, 1e-9)
+            if env.is_main:
+                grad_norm = engine.get_global_grad_norm()
+                report = StepReport(
+                    step=step,
+                    total_steps=plan.total_steps,
+                    epoch=sampler.epoch,
+                    loss=float(losses[-1]),
+                    lr=pending[-1][2],
+                    grad_norm=float(grad_norm) if grad_norm is not None else 0.0,
+                    tokens_seen=tokens_seen,
+                    tokens_per_second=tps,
+                    mfu=tps * plan.flops_per_token / peak,
+                    eta_seconds=(plan.total_steps - step) * elapsed / window_steps,
+                )
+                metrics.update(report, window_steps * tokens_per_step)
+                progress.report(report, window_steps)
+                loss_log.write(
+                    [
+                        {"step": s, "loss": float(v), "lr": lr}
+                        for (s, _, lr), v in zip(pending, losses, strict=True)
+                    ]
+                )
+            pending, window_start, window_steps = [], time.perf_counter(), 0
+
+        if ckpt_dir and (step % cfg.checkpoint.interval == 0 or last):
+            position = checkpoint.RunPosition(step, tokens_seen, sampler.state_dict())
+            tag = checkpoint.save(engine, ckpt_dir, position, cfg.checkpoint.keep, env.is_main)
+            if env.is_main:
+                metrics.last_ckpt.set_to_current_time()
+                progress.message(f"checkpoint {tag} saved to {ckpt_dir}")
+
+    if ckpt_dir:
+        _export(engine, cfg, ckpt_dir / EXPORT_NAME, step, tokens_seen, sampler.epoch, env)
+    if env.is_main:
+        progress.close()
+        progress.message(f"diffar train {cfg.name}: done, {step} steps, {tokens_seen:,} tokens")
+    return plan
+
+
+def _mean_over_ranks(losses: torch.Tensor, env: DistEnv) -> list[float]:
+    if env.world_size > 1:
+        import deepspeed
+
+        deepspeed.comm.all_reduce(losses)
+        losses = losses / env.world_size
+    return losses.tolist()
+
+
+def _export(
+    engine, cfg: TrainConfig, path: Path, step: int, tokens_seen: int, epoch: float, env: DistEnv
+) -> None:
+    if cfg.zero_stage == 3:
+        state = engine._zero3_consolidated_16bit_state_dict()  # collective: every rank gathers
+    else:
+        state = engine.module.state_dict()
+    if env.is_main:
+        save_export(path, state, cfg, step, tokens_seen, epoch)
