@@ -38,7 +38,7 @@ def _train(args: argparse.Namespace) -> int:
     if args.dry_run:
         from diffar.trainer.plan import format_plan, plan_run
 
-        print(format_plan(plan_run(cfg), as_json=args.json))
+        print(format_plan(plan_run(cfg, unique_tokens=_dataset_size(cfg)), as_json=args.json))
         return 0
     from diffar.trainer.train import train
 
@@ -46,7 +46,81 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _dataset_size(cfg) -> int | None:
+    """The training set's size for a dry run, when the config leaves unique_tokens unset."""
+    if cfg.data.unique_tokens is not None:
+        return None
+    from diffar.trainer.shards import read_manifest
+    from diffar.trainer.train import resolve_train_dataset
+
+    return read_manifest(resolve_train_dataset(cfg)).total_tokens
+
+
 def _register_data(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("data", help="prepare and inspect token shard datasets")
     data_sub = p.add_subparsers(dest="data_command", metavar="DATA_COMMAND", required=True)
-    del data_sub  # `data prepare` / `data inspect` are registered here by the data pipeline
+
+    prep = data_sub.add_parser(
+        "prepare",
+        help="tokenize text into GPT-2 token shards: a train set and a validation set",
+        description="Tokenize text (.txt, .jsonl, .jsonl.gz with a 'text' field) with GPT-2 BPE "
+        "into OUT/train (the first --unique-tokens tokens of the document stream) and OUT/val "
+        "(--val-tokens tokens from the documents after the training ones; disjoint). OUT may be "
+        "a path, file:// or s3:// URI. See docs/data.md.",
+    )
+    prep.add_argument("inputs", nargs="+", metavar="INPUT", help="input files, in stream order")
+    prep.add_argument("--out", required=True, help="output dataset root (path, file://, s3://)")
+    prep.add_argument(
+        "--unique-tokens", required=True, help="training tokens U, e.g. 100000000 or 100M"
+    )
+    prep.add_argument(
+        "--val-tokens", default="0", help="validation tokens (0: no validation set); e.g. 1M"
+    )
+    prep.add_argument(
+        "--shard-tokens", default=None, help="tokens per shard file (default 64Mi = 67108864)"
+    )
+    prep.add_argument(
+        "--text-unit",
+        choices=("file", "paragraph", "line"),
+        default="file",
+        help="what one document is in plain-text inputs (default: the whole file)",
+    )
+    prep.add_argument("--overwrite", action="store_true", help="replace an existing dataset")
+    prep.add_argument("--quiet", action="store_true", help="no progress output")
+    prep.set_defaults(handler=_data_prepare)
+
+    insp = data_sub.add_parser(
+        "inspect",
+        help="print a dataset's manifest summary; --verify checks every shard's sha256",
+        description="Print the manifest summary of a dataset (path, file:// or s3:// URI). "
+        "A root written by `data prepare` (with train/ and val/) shows both.",
+    )
+    insp.add_argument("uri", metavar="URI")
+    insp.add_argument("--verify", action="store_true", help="check every shard's sha256")
+    insp.add_argument("--json", action="store_true", help="print the manifest(s) as JSON")
+    insp.set_defaults(handler=_data_inspect)
+
+
+def _data_prepare(args: argparse.Namespace) -> int:
+    from diffar.trainer.prepare import DEFAULT_SHARD_TOKENS, parse_count, prepare
+
+    result = prepare(
+        args.inputs,
+        args.out,
+        parse_count(args.unique_tokens),
+        parse_count(args.val_tokens),
+        shard_tokens=parse_count(args.shard_tokens) if args.shard_tokens else DEFAULT_SHARD_TOKENS,
+        text_unit=args.text_unit,
+        overwrite=args.overwrite,
+        progress=not args.quiet,
+    )
+    print(result.summary())
+    return 0
+
+
+def _data_inspect(args: argparse.Namespace) -> int:
+    from diffar.trainer.storage import inspect_datasets
+
+    text, ok = inspect_datasets(args.uri, verify=args.verify, as_json=args.json)
+    print(text)
+    return 0 if ok else 1
