@@ -1,0 +1,214 @@
+"""Likelihood estimators for AR and MDM models, per sequence.
+
+Every estimator returns, per input sequence, the summed negative log-likelihood in nats (or its
+upper bound) of the scored tokens. Predictions are normalised over the tokenizer's vocabulary only
+(logits[..., :vocab_size]): the mask token and the padding rows are never text, so a model that
+puts no mass there gets exactly its training loss, and a uniform model gets log V per token.
+
+- `ar_nll`: exact next-token NLL of windows (B, L+1): L predicted tokens per window.
+- `mdm_elbo`: the training objective's Monte Carlo ELBO of sequences (B, L): K draws of the mask
+  rate t per sequence, each giving sum over masked positions of CE / p with p = (1-eps) t + eps.
+  Stratified draws t_k = (u + k/K) mod 1 (one u per sequence) cover [0, 1) evenly and lower the
+  variance; `stratified=False` draws t i.i.d. (for comparison).
+- `mdm_chain_rule_nll`: the left-to-right chain rule of the MDM: token k predicted from the clean
+  tokens before it with itself and everything after it masked. A product of proper conditionals,
+  so an exact likelihood of a proper distribution, comparable with AR's NLL (one forward pass per
+  position: L passes per sequence).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from diffar.trainer.objectives import (
+    apply_mask,
+    ar_loss_from_logits,
+    mask_rate,
+    mdm_loss_from_logits,
+)
+
+LogitsFn = Callable[[torch.Tensor], torch.Tensor]
+
+
+def _logits(model: LogitsFn, tokens: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    return model(tokens)[..., :vocab_size].float()
+
+
+@torch.no_grad()
+def ar_nll(
+    model: LogitsFn, windows: torch.Tensor, vocab_size: int, batch_size: int = 8
+) -> torch.Tensor:
+    """Summed next-token NLL of each window (B, L+1) over its L targets -> (B,) float64."""
+    out = torch.empty(windows.shape[0], dtype=torch.float64)
+    L = windows.shape[1] - 1
+    for s in range(0, windows.shape[0], batch_size):
+        w = windows[s : s + batch_size]
+        logits = _logits(model, w[:, :-1], vocab_size)
+        for r in range(w.shape[0]):
+            out[s + r] = ar_loss_from_logits(logits[r : r + 1], w[r : r + 1, 1:]).double() * L
+    return out
+
+
+def stratified_times(
+    n: int, samples: int, generator: torch.Generator, stratified: bool = True
+) -> torch.Tensor:
+    """(n, samples) diffusion times in [0, 1): t_k = (u + k/K) mod 1, or i.i.d. uniform."""
+    if not stratified:
+        return torch.rand(n, samples, generator=generator, dtype=torch.float64)
+    u = torch.rand(n, 1, generator=generator, dtype=torch.float64)
+    k = torch.arange(samples, dtype=torch.float64)[None, :] / samples
+    return torch.remainder(u + k, 1.0)
+
+
+@torch.no_grad()
+def mdm_elbo(
+    model: LogitsFn,
+    seqs: torch.Tensor,
+    vocab_size: int,
+    mask_id: int,
+    generator: torch.Generator,
+    samples: int = 32,
+    eps: float = 1e-3,
+    stratified: bool = True,
+    batch_size: int = 32,
+) -> torch.Tensor:
+    """Monte Carlo ELBO (upper bound on NLL, nats, summed over L tokens) of sequences (B, L) -> (B,).
+
+    `generator` must live on the sequences' device (masks are drawn there); times are drawn on it
+    too when it is a CPU generator, else on the CPU with a seed taken from it.
+    """
+    B, L = seqs.shape
+    t = stratified_times(B, samples, _cpu_generator(generator), stratified)
+    rows_seq = torch.arange(B).repeat_interleave(samples)
+    rows_t = t.flatten()
+    total = torch.zeros(B * samples, dtype=torch.float64)
+    for s in range(0, B * samples, batch_size):
+        idx = rows_seq[s : s + batch_size]
+        clean = seqs[idx.to(seqs.device)]
+        p = mask_rate(rows_t[s : s + batch_size], eps).to(seqs.device, torch.float32)
+        noisy, masked = apply_mask(clean, p, mask_id, generator)
+        logits = _logits(model, noisy, vocab_size)
+        for r in range(clean.shape[0]):
+            one = mdm_loss_from_logits(
+                logits[r : r + 1], clean[r : r + 1], masked[r : r + 1], p[r : r + 1]
+            )
+            total[s + r] = one.double() * L
+    return total.view(B, samples).mean(dim=1)
+
+
+@torch.no_grad()
+def mdm_chain_rule_nll(
+    model: LogitsFn, seqs: torch.Tensor, vocab_size: int, mask_id: int, batch_size: int = 32
+) -> torch.Tensor:
+    """Exact left-to-right NLL (nats, summed over L tokens) of sequences (B, L) -> (B,)."""
+    B, L = seqs.shape
+    out = torch.zeros(B, dtype=torch.float64)
+    pos = torch.arange(L, device=seqs.device)
+    for b in range(B):
+        for s in range(0, L, batch_size):
+            ks = pos[s : s + batch_size]
+            rows = seqs[b].expand(ks.numel(), L)
+            noisy = torch.where(pos[None, :] >= ks[:, None], mask_id, rows)
+            logp = torch.log_softmax(_logits(model, noisy, vocab_size), dim=-1)
+            picked = logp[torch.arange(ks.numel()), ks, seqs[b, ks]]
+            out[b] -= picked.double().sum().cpu()
+    return out
+
+
+@torch.no_grad()
+def continuation_logprobs_ar(
+    model: LogitsFn, seqs: list[list[int]], starts: list[int], vocab_size: int, pad_id: int
+) -> tuple[list[float], list[bool]]:
+    """For token lists whose tokens from `starts[i]` on are a continuation: its summed log-prob
+    under an AR model, and whether greedy decoding would reproduce it (one batched forward pass,
+    right-padded; causal attention makes padding invisible to earlier positions)."""
+    width = max(len(s) for s in seqs) - 1
+    device = _device_of(model)
+    inp = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    for i, s in enumerate(seqs):
+        inp[i, : len(s) - 1] = torch.tensor(s[:-1])
+    logp = torch.log_softmax(_logits(model, inp.to(device), vocab_size), dim=-1).cpu()
+    lls, greedy = [], []
+    for i, s in enumerate(seqs):
+        targets = torch.tensor(s[starts[i] :])
+        rows = logp[i, starts[i] - 1 : len(s) - 1]
+        lls.append(float(rows.gather(1, targets[:, None]).double().sum()))
+        greedy.append(bool((rows.argmax(-1) == targets).all()))
+    return lls, greedy
+
+
+@torch.no_grad()
+def continuation_elbo_mdm(
+    model: LogitsFn,
+    seq: list[int],
+    start: int,
+    vocab_size: int,
+    mask_id: int,
+    generator: torch.Generator,
+    samples: int = 32,
+    eps: float = 1e-3,
+    batch_size: int = 32,
+) -> float:
+    """Monte Carlo ELBO estimate of log p(continuation | clean context) (a lower bound, nats):
+    only the continuation's tokens are masked, at stratified rates, as in training."""
+    device = _device_of(model)
+    x = torch.tensor(seq, device=device)
+    ctx, cont = x[:start], x[start:]
+    t = stratified_times(1, samples, _cpu_generator(generator)).flatten()
+    total = 0.0
+    for s in range(0, samples, batch_size):
+        p = mask_rate(t[s : s + batch_size], eps).to(device, torch.float32)
+        clean = cont.expand(p.numel(), -1)
+        noisy, masked = apply_mask(clean, p, mask_id, generator)
+        rows = torch.cat([ctx.expand(p.numel(), -1), noisy], dim=1)
+        logits = _logits(model, rows, vocab_size)[:, start:]
+        # The training loss is the mean over all positions; times numel it is the rows' sum.
+        total += float(mdm_loss_from_logits(logits, clean, masked, p)) * clean.numel()
+    return -total / samples
+
+
+@torch.no_grad()
+def continuation_chain_rule_mdm(
+    model: LogitsFn, seq: list[int], start: int, vocab_size: int, mask_id: int
+) -> float:
+    """Exact left-to-right log p(continuation | context) under an MDM (one row per token)."""
+    device = _device_of(model)
+    x = torch.tensor(seq, device=device)
+    m = len(seq) - start
+    ks = torch.arange(start, len(seq), device=device)
+    pos = torch.arange(len(seq), device=device)
+    noisy = torch.where(pos[None, :] >= ks[:, None], mask_id, x.expand(m, -1))
+    logp = torch.log_softmax(_logits(model, noisy, vocab_size), dim=-1)
+    return float(logp[torch.arange(m), ks, x[ks]].double().sum())
+
+
+@torch.no_grad()
+def unmask_by_confidence(
+    model: LogitsFn, context: list[int], length: int, vocab_size: int, mask_id: int
+) -> list[int]:
+    """Fill `length` masked tokens after `context`, one per pass, most confident position first."""
+    device = _device_of(model)
+    x = torch.tensor([*context, *([mask_id] * length)], device=device)[None, :]
+    for _ in range(length):
+        probs = torch.softmax(_logits(model, x, vocab_size)[0], dim=-1)
+        conf, best = probs.max(-1)
+        conf = torch.where(x[0] == mask_id, conf, -1.0)
+        k = int(conf.argmax())
+        x[0, k] = best[k]
+    return x[0, len(context) :].tolist()
+
+
+def _cpu_generator(generator: torch.Generator) -> torch.Generator:
+    if generator.device.type == "cpu":
+        return generator
+    seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device))
+    return torch.Generator().manual_seed(seed)
+
+
+def _device_of(model: LogitsFn) -> torch.device:
+    try:
+        return next(model.parameters()).device  # type: ignore[attr-defined]
+    except (AttributeError, StopIteration):
+        return torch.device("cpu")

@@ -1,0 +1,106 @@
+"""Estimators: a uniform model gets log V from each; stratified t beats i.i.d. t on variance."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from evalhelpers import NeighbourMDM, Uniform
+
+from diffar.evaluator import estimators as est
+from diffar.evaluator.validation import evaluate_validation, summarize
+
+V, MASK, PADDED, L = 50, 50, 64, 32
+
+
+def _stream(n_tokens: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, V, n_tokens)
+
+
+def test_uniform_model_ar_nll_is_log_v():
+    windows = torch.from_numpy(_stream(4 * (L + 1))).view(4, L + 1)
+    nll = est.ar_nll(Uniform(PADDED), windows, V)
+    assert torch.allclose(nll / L, torch.full((4,), math.log(V), dtype=torch.float64))
+
+
+def test_uniform_model_chain_rule_is_log_v():
+    seqs = torch.from_numpy(_stream(3 * L)).view(3, L)
+    nll = est.mdm_chain_rule_nll(Uniform(PADDED), seqs, V, MASK, batch_size=7)
+    assert torch.allclose(nll / L, torch.full((3,), math.log(V), dtype=torch.float64))
+
+
+def test_uniform_model_elbo_is_log_v_within_stderr():
+    # Per draw the ELBO is log V * (#masked / p); its expectation is exactly L log V.
+    seqs = torch.from_numpy(_stream(16 * L)).view(16, L)
+    g = torch.Generator().manual_seed(0)
+    elbo = est.mdm_elbo(Uniform(PADDED), seqs, V, MASK, g, samples=32) / L
+    mean, se = float(elbo.mean()), float(elbo.std() / math.sqrt(len(elbo)))
+    assert abs(mean - math.log(V)) < 4 * se
+    assert se < 0.1 * math.log(V)
+
+
+def test_validation_report_uniform_every_estimator_and_bits_per_byte():
+    tokens = _stream(6 * L + 1)
+    token_bytes = np.full(V, 2)  # every token is two bytes
+    for objective, names in (("ar", ["nll"]), ("mdm", ["elbo", "chain_rule_nll"])):
+        out = evaluate_validation(
+            Uniform(PADDED),
+            objective,
+            tokens,
+            seq_len=L,
+            vocab_size=V,
+            token_bytes=token_bytes,
+            mask_id=MASK,
+            samples=32,
+            chain_rule_sequences=2,
+        )
+        assert sorted(out) == sorted(names)
+        for name, e in out.items():
+            tol = 1e-6 if name != "elbo" else 4 * e.stderr
+            assert abs(e.loss - math.log(V)) <= tol, (name, e)
+            assert abs(e.bits_per_byte - e.loss / math.log(2) / 2) < 1e-6
+            assert e.tokens == e.sequences * L and e.bytes == 2 * e.tokens
+
+
+def test_chain_rule_matches_ar_factorisation_of_a_neighbour_model():
+    # Token 0 is predicted from nothing (log V); every later one from its clean left neighbour.
+    model = NeighbourMDM(V, MASK, PADDED)
+    seqs = (torch.tensor([[3], [40]]) + torch.arange(L)) % V
+    nll = est.mdm_chain_rule_nll(model, seqs, V, MASK)
+    per_token = -torch.log_softmax(torch.tensor([10.0] + [0.0] * (V - 1)), 0)[0].double()
+    expected = math.log(V) + (L - 1) * per_token
+    assert torch.allclose(nll, torch.full((2,), float(expected), dtype=torch.float64))
+    # The ELBO is an upper bound on the NLL (here clearly above it).
+    g = torch.Generator().manual_seed(1)
+    assert float(est.mdm_elbo(model, seqs, V, MASK, g, samples=32).mean()) > float(nll.mean())
+
+
+def test_stratified_elbo_has_lower_variance_than_iid():
+    model = NeighbourMDM(V, MASK, PADDED)
+    seqs = (torch.tensor([[3], [17], [29], [44]]) + torch.arange(L)) % V
+    g = torch.Generator().manual_seed(2)
+    draws = {True: [], False: []}
+    for _ in range(120):
+        for stratified in (True, False):
+            e = est.mdm_elbo(model, seqs, V, MASK, g, samples=8, stratified=stratified)
+            draws[stratified].append(float(e.mean()))
+    var_s, var_i = np.var(draws[True], ddof=1), np.var(draws[False], ddof=1)
+    # Same estimand: the means agree within their standard errors.
+    se = math.sqrt((var_s + var_i) / 120)
+    assert abs(np.mean(draws[True]) - np.mean(draws[False])) < 4 * se
+    print(f"variance iid/stratified = {var_i / var_s:.2f} (K=8)")
+    assert var_i / var_s > 1.5
+
+
+def test_stratified_times_cover_each_stratum_once():
+    t = est.stratified_times(5, 8, torch.Generator().manual_seed(0))
+    strata = torch.sort((t * 8).floor(), dim=1).values
+    assert torch.equal(strata, torch.arange(8.0, dtype=torch.float64).expand(5, 8))
+
+
+def test_summarize_ratio_stderr():
+    e = summarize(np.array([2.0, 4.0]), np.array([1.0, 1.0]), np.array([1.0, 1.0]))
+    assert e.loss == pytest.approx(3.0) and e.stderr == pytest.approx(1.0)
+    assert e.bits_per_byte == pytest.approx(3.0 / math.log(2))
