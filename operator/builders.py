@@ -1,0 +1,376 @@
+"""Pure builders: a `Run` in, the Kubernetes objects the operator creates out (plain dicts).
+
+Nothing here talks to a cluster: the kopf handlers, `diffar render` and the contract tests all
+call these same functions.
+
+Children, with deterministic names so an operator restart never duplicates them, each owned by
+the run (ownerReferences, controller: true) so deleting the run deletes them:
+
+- ConfigMap `<run>-config`: `train.json` (the resolved `TrainConfig`) and `eval.json` (the
+  `EvalConfig` below). No credentials: S3 keys reach the pods through secretKeyRef only.
+- PyTorchJob `<run>-train` (kubeflow.org/v1): Master (1) + Worker (nodes-1), container `pytorch`,
+  `nprocPerNode` = GPUs per node, torchrun, GPU requests, /dev/shm in memory, NCCL settings,
+  restartPolicy OnFailure with runPolicy.backoffLimit = spec.maxRestarts.
+- Job `<run>-eval` (batch/v1), created once training succeeded: `diffar eval --config`; the
+  evaluator writes a results summary (JSON, under 4 KiB) to its termination message.
+
+EvalConfig (`eval.json`; the contract with `diffar eval --config FILE`), version 1:
+
+| key | meaning |
+| --- | --- |
+| version | 1 |
+| run, namespace, kind, objective | the run (objective: ar or mdm) |
+| train_config | path of train.json beside it (model shape, seq_len, precision) |
+| checkpoint_uri | checkpoint directory; the evaluator loads the newest checkpoint in it |
+| data_val_uri | validation token shards |
+| tasks | downstream task names (arc_easy, boolq, copa, hellaswag, piqa, race, winogrande, sciq, lambada) |
+| mc_samples | Monte Carlo samples of the diffusion ELBO |
+| seed | evaluation seed |
+| results_uri | where to write the full results.json (`<checkpoint_uri>/results.json`) |
+| pushgateway_url | Prometheus Pushgateway base URL, or null to skip pushing |
+| grouping_key | Pushgateway grouping key: {job: diffar, namespace, run} |
+| termination_message_path | where to write the summary {"val_loss": x, "tasks": {name: acc}, "results_uri": u} |
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict
+
+from diffar.operator.api import API_VERSION
+from diffar.operator.runs import (
+    CACHE_DIR,
+    CONFIG_DIR,
+    METRICS_PORT,
+    TERMINATION_LOG,
+    Run,
+    Settings,
+    train_config,
+)
+
+TRAIN_JSON = "train.json"
+EVAL_JSON = "eval.json"
+PYTORCHJOB_API = "kubeflow.org/v1"
+MASTER_PORT = 23456
+PUSHGATEWAY_JOB = "diffar"
+LABEL_RUN = "diffar.io/run"
+LABEL_KIND = "diffar.io/kind"
+LABEL_OBJECTIVE = "diffar.io/objective"
+LABEL_COMPONENT = "app.kubernetes.io/component"
+ANNOTATION_SPEC_HASH = "diffar.io/spec-hash"
+KUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+
+
+class EvalConfig(BaseModel):
+    """The evaluator's input; see the module docstring for each key."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    version: Literal[1] = 1
+    run: str
+    namespace: str
+    kind: str
+    objective: Literal["ar", "mdm"]
+    train_config: str
+    checkpoint_uri: str | None
+    data_val_uri: str | None
+    tasks: list[str]
+    mc_samples: int
+    seed: int
+    results_uri: str | None
+    pushgateway_url: str | None
+    grouping_key: dict[str, str]
+    termination_message_path: str = TERMINATION_LOG
+
+
+def grouping_key(run: Run) -> dict[str, str]:
+    return {"job": PUSHGATEWAY_JOB, "namespace": run.namespace, "run": run.name}
+
+
+def pushgateway_url(run: Run, settings: Settings) -> str | None:
+    return run.spec.evaluation.pushgatewayUrl or settings.pushgateway_url
+
+
+def eval_config(run: Run, settings: Settings) -> EvalConfig:
+    s = run.spec
+    ckpt = s.checkpoint.uri
+    return EvalConfig(
+        run=run.name,
+        namespace=run.namespace,
+        kind=run.kind.kind,
+        objective=run.objective,  # type: ignore[arg-type]
+        train_config=f"{CONFIG_DIR}/{TRAIN_JSON}",
+        checkpoint_uri=ckpt,
+        data_val_uri=s.data.valUri,
+        tasks=list(s.evaluation.tasks),
+        mc_samples=s.evaluation.mcSamples,
+        seed=s.training.seed,
+        results_uri=f"{ckpt.rstrip('/')}/results.json" if ckpt else None,
+        pushgateway_url=pushgateway_url(run, settings),
+        grouping_key=grouping_key(run),
+    )
+
+
+def spec_hash(run: Run) -> str:
+    text = json.dumps(run.spec.model_dump(mode="json"), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def owner_reference(run: Run) -> dict[str, Any]:
+    return {
+        "apiVersion": API_VERSION,
+        "kind": run.kind.kind,
+        "name": run.name,
+        "uid": run.uid,
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def labels(run: Run, component: str) -> dict[str, str]:
+    return {
+        "app.kubernetes.io/name": "diffar",
+        "app.kubernetes.io/instance": run.name,
+        LABEL_COMPONENT: component,
+        "app.kubernetes.io/managed-by": "diffar-operator",
+        LABEL_RUN: run.name,
+        LABEL_KIND: run.kind.kind,
+        LABEL_OBJECTIVE: run.objective,
+    }
+
+
+def _metadata(run: Run, name: str, component: str, extra_labels: dict | None = None) -> dict:
+    return {
+        "name": name,
+        "namespace": run.namespace,
+        "labels": {**labels(run, component), **(extra_labels or {})},
+        "annotations": {ANNOTATION_SPEC_HASH: spec_hash(run)},
+        "ownerReferences": [owner_reference(run)],
+    }
+
+
+def build_config_map(run: Run, settings: Settings) -> dict[str, Any]:
+    train = train_config(run).model_dump_json(indent=2)
+    evaluation = eval_config(run, settings).model_dump_json(indent=2)
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": _metadata(run, run.config_map_name, "config"),
+        "data": {TRAIN_JSON: train + "\n", EVAL_JSON: evaluation + "\n"},
+    }
+
+
+def _s3_env(run: Run) -> list[dict[str, Any]]:
+    s3 = run.spec.s3
+    env: list[dict[str, Any]] = []
+    if s3.endpoint:
+        env.append({"name": "AWS_ENDPOINT_URL", "value": s3.endpoint})
+    if s3.region:
+        env.append({"name": "AWS_DEFAULT_REGION", "value": s3.region})
+    if s3.credentialsSecret:
+        for var, key in (
+            ("AWS_ACCESS_KEY_ID", s3.accessKeyIdKey),
+            ("AWS_SECRET_ACCESS_KEY", s3.secretAccessKeyKey),
+        ):
+            env.append(
+                {
+                    "name": var,
+                    "valueFrom": {"secretKeyRef": {"name": s3.credentialsSecret, "key": key}},
+                }
+            )
+    return env
+
+
+def _common_env(run: Run) -> list[dict[str, Any]]:
+    return [
+        {"name": "DIFFAR_RUN", "value": run.name},
+        {"name": "DIFFAR_KIND", "value": run.kind.kind},
+        {
+            "name": "DIFFAR_NAMESPACE",
+            "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}},
+        },
+        {"name": "PYTHONUNBUFFERED", "value": "1"},
+        *_s3_env(run),
+    ]
+
+
+def _resources(run: Run, gpus: int) -> dict[str, Any]:
+    r = run.spec.resources
+    requests: dict[str, Any] = {"cpu": str(r.cpu), "memory": str(r.memory)}
+    limits: dict[str, Any] = {"memory": str(r.memory)}
+    if gpus:
+        requests[r.gpuResource] = str(gpus)
+        limits[r.gpuResource] = str(gpus)
+    return {"requests": requests, "limits": limits}
+
+
+def _volumes(run: Run) -> list[dict[str, Any]]:
+    return [
+        {"name": "config", "configMap": {"name": run.config_map_name}},
+        {
+            "name": "dshm",
+            "emptyDir": {"medium": "Memory", "sizeLimit": str(run.spec.resources.sharedMemory)},
+        },
+        {"name": "cache", "emptyDir": {}},
+    ]
+
+
+_MOUNTS = [
+    {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
+    {"name": "dshm", "mountPath": "/dev/shm"},
+    {"name": "cache", "mountPath": CACHE_DIR},
+]
+
+
+def _pod_spec(run: Run, container: dict[str, Any], restart_policy: str) -> dict[str, Any]:
+    r = run.spec.resources
+    pod: dict[str, Any] = {
+        "restartPolicy": restart_policy,
+        "containers": [container],
+        "volumes": _volumes(run),
+        "enableServiceLinks": False,
+    }
+    if r.nodeSelector:
+        pod["nodeSelector"] = dict(r.nodeSelector)
+    if r.tolerations:
+        pod["tolerations"] = [t.model_dump(exclude_none=True) for t in r.tolerations]
+    if r.affinity:
+        pod["affinity"] = r.affinity
+    if r.priorityClassName:
+        pod["priorityClassName"] = r.priorityClassName
+    if run.spec.images.pullSecrets:
+        pod["imagePullSecrets"] = [{"name": n} for n in run.spec.images.pullSecrets]
+    return pod
+
+
+def trainer_command() -> tuple[list[str], list[str]]:
+    """torchrun, its rendezvous from the PET_* variables the training operator sets."""
+    return ["torchrun"], [
+        "--nnodes=$(PET_NNODES)",
+        "--nproc-per-node=$(PET_NPROC_PER_NODE)",
+        "--node-rank=$(PET_NODE_RANK)",
+        "--master-addr=$(PET_MASTER_ADDR)",
+        "--master-port=$(PET_MASTER_PORT)",
+        "-m",
+        "diffar.operator.cli",
+        "train",
+        "--config",
+        f"{CONFIG_DIR}/{TRAIN_JSON}",
+    ]
+
+
+def _trainer_container(run: Run, settings: Settings) -> dict[str, Any]:
+    command, args = trainer_command()
+    r = run.spec.resources
+    return {
+        "name": "pytorch",  # the training operator finds its container by this name
+        "image": run.spec.images.trainer,
+        "imagePullPolicy": run.spec.images.pullPolicy,
+        "command": command,
+        "args": args,
+        "env": [
+            *_common_env(run),
+            {"name": "NCCL_DEBUG", "value": settings.nccl_debug},
+            {"name": "TORCH_NCCL_ASYNC_ERROR_HANDLING", "value": "1"},
+            {"name": "NCCL_IB_TIMEOUT", "value": "22"},
+            {"name": "OMP_NUM_THREADS", "value": "1"},
+            {"name": "DIFFAR_CACHE_DIR", "value": CACHE_DIR},
+        ],
+        "ports": [
+            {"name": "pytorchjob-port", "containerPort": MASTER_PORT, "protocol": "TCP"},
+            {"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"},
+        ],
+        "resources": _resources(run, r.gpusPerNode),
+        "volumeMounts": [dict(m) for m in _MOUNTS],
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+
+
+def _replica(run: Run, settings: Settings, replicas: int) -> dict[str, Any]:
+    pod = _pod_spec(run, _trainer_container(run, settings), "OnFailure")
+    if run.spec.scheduling.volcano:
+        pod["schedulerName"] = "volcano"
+    return {
+        "replicas": replicas,
+        "restartPolicy": "OnFailure",
+        "template": {
+            "metadata": {"labels": labels(run, "trainer")},
+            "spec": pod,
+        },
+    }
+
+
+def initial_train_suspend(run: Run) -> bool:
+    # Under Kueue the job starts suspended and Kueue unsuspends it on admission.
+    return bool(run.spec.suspend or run.spec.scheduling.kueue)
+
+
+def build_pytorchjob(run: Run, settings: Settings) -> dict[str, Any]:
+    s = run.spec
+    extra = {KUEUE_LABEL: s.scheduling.kueue.queueName} if s.scheduling.kueue else None
+    run_policy: dict[str, Any] = {
+        "cleanPodPolicy": "None",
+        "backoffLimit": s.maxRestarts,
+        "suspend": initial_train_suspend(run),
+    }
+    if s.scheduling.volcano:
+        policy: dict[str, Any] = {"minAvailable": s.resources.nodes}
+        if s.scheduling.volcano.queue:
+            policy["queue"] = s.scheduling.volcano.queue
+        if s.scheduling.volcano.priorityClass:
+            policy["priorityClass"] = s.scheduling.volcano.priorityClass
+        run_policy["schedulingPolicy"] = policy
+    replicas = {"Master": _replica(run, settings, 1)}
+    if s.resources.nodes > 1:
+        replicas["Worker"] = _replica(run, settings, s.resources.nodes - 1)
+    return {
+        "apiVersion": PYTORCHJOB_API,
+        "kind": "PyTorchJob",
+        "metadata": _metadata(run, run.train_job_name, "trainer", extra),
+        "spec": {
+            "nprocPerNode": str(s.resources.gpusPerNode),
+            "runPolicy": run_policy,
+            "pytorchReplicaSpecs": replicas,
+        },
+    }
+
+
+def build_eval_job(run: Run, settings: Settings) -> dict[str, Any]:
+    s = run.spec
+    container = {
+        "name": "evaluator",
+        "image": s.images.evaluator,
+        "imagePullPolicy": s.images.pullPolicy,
+        "command": ["diffar"],
+        "args": ["eval", "--config", f"{CONFIG_DIR}/{EVAL_JSON}"],
+        "env": [*_common_env(run), {"name": "DIFFAR_CACHE_DIR", "value": CACHE_DIR}],
+        "resources": _resources(run, s.evaluation.gpus),
+        "volumeMounts": [dict(m) for m in _MOUNTS],
+        "terminationMessagePath": TERMINATION_LOG,
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+    extra = {KUEUE_LABEL: s.scheduling.kueue.queueName} if s.scheduling.kueue else None
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": _metadata(run, run.eval_job_name, "evaluator", extra),
+        "spec": {
+            "backoffLimit": 2,
+            "suspend": bool(s.suspend or s.scheduling.kueue),
+            "template": {
+                "metadata": {"labels": labels(run, "evaluator")},
+                "spec": _pod_spec(run, container, "Never"),
+            },
+        },
+    }
+
+
+def render(run: Run, settings: Settings, *, include_eval: bool = True) -> list[dict[str, Any]]:
+    """Every object the operator creates for a run, in creation order."""
+    objs = [build_config_map(run, settings), build_pytorchjob(run, settings)]
+    if include_eval and run.spec.evaluation.enabled:
+        objs.append(build_eval_job(run, settings))
+    return objs

@@ -1,0 +1,265 @@
+"""CustomResourceDefinitions generated from the pydantic models in `diffar.operator.api`.
+
+`crds()` returns the CRD objects; `write(dirs)` writes one YAML file per CRD into each directory
+(`crds/` and `charts/diffar/crds/`, by `make manifests`); `render_yaml()` is what `diffar crds`
+prints. A test compares both directories with this output, so they cannot drift from the models.
+
+The pydantic JSON schema is turned into a Kubernetes structural schema: `$ref`s inlined,
+`Optional` unwrapped (absent is the Kubernetes way to say null), `int | str` turned into
+`x-kubernetes-int-or-string`, JSON-Schema-2020 exclusive bounds turned into OpenAPI v3.0's boolean
+form, `additionalProperties: false` dropped (the API server prunes unknown fields), defaults kept
+for scalars, lists and maps, and `{}` for nested objects so their own defaults apply. Every
+property must carry a description: generation fails otherwise.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from diffar.operator.api import (
+    API_VERSION,
+    DNS1035,
+    GROUP,
+    KINDS,
+    MAX_RUN_NAME,
+    VERSION,
+    Kind,
+    RunStatus,
+)
+
+_DROP = {"title", "additionalProperties", "$defs"}
+
+
+class SchemaError(ValueError):
+    """The models cannot be expressed as a structural schema (a bug in api.py)."""
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """`over` wins, except that CEL rules of both are kept."""
+    rules = base.get("x-kubernetes-validations", []) + over.get("x-kubernetes-validations", [])
+    merged = {**base, **over}
+    if rules:
+        merged["x-kubernetes-validations"] = rules
+    return merged
+
+
+def _convert(node: dict[str, Any], defs: dict[str, Any], path: str) -> dict[str, Any]:
+    node = copy.deepcopy(node)
+    if "$ref" in node:
+        ref = node.pop("$ref").rsplit("/", 1)[-1]
+        node = _merge(copy.deepcopy(defs[ref]), node)
+    if "allOf" in node and len(node["allOf"]) == 1:
+        node = _merge(node.pop("allOf")[0], node)
+        return _convert(node, defs, path)
+    if "anyOf" in node:
+        options = [o for o in node.pop("anyOf") if o.get("type") != "null"]
+        types = sorted(o.get("type", "") for o in options)
+        if len(options) == 1:
+            inner = _convert(options[0], defs, path)
+            node = _merge(inner, {k: v for k, v in node.items() if k != "default" or v is not None})
+        elif types == ["integer", "string"]:
+            string = next(o for o in options if o.get("type") == "string")
+            node.pop("type", None)
+            node["x-kubernetes-int-or-string"] = True
+            node["anyOf"] = [{"type": "integer"}, {"type": "string"}]
+            if "pattern" in string:
+                node["pattern"] = string["pattern"]
+        else:
+            raise SchemaError(f"{path}: unions other than Optional and int|str: {options}")
+    if node.get("default", 1) is None:
+        node.pop("default")
+    if "const" in node:
+        node["enum"] = [node.pop("const")]
+    for bound, plain in (("exclusiveMinimum", "minimum"), ("exclusiveMaximum", "maximum")):
+        if bound in node and not isinstance(node[bound], bool):
+            node[plain] = node[bound]
+            node[bound] = True
+    if "enum" in node and "type" not in node:
+        node["type"] = "string"
+    if node.get("x-kubernetes-preserve-unknown-fields") and "type" not in node:
+        node["type"] = "object"
+    out: dict[str, Any] = {}
+    for key, value in node.items():
+        if key in _DROP:
+            continue
+        if key == "properties":
+            out[key] = {name: _convert(sub, defs, f"{path}.{name}") for name, sub in value.items()}
+        elif key == "items":
+            out[key] = _convert(value, defs, f"{path}[]")
+        else:
+            out[key] = value
+    if isinstance(node.get("additionalProperties"), dict):
+        out["additionalProperties"] = _convert(node["additionalProperties"], defs, f"{path}{{}}")
+    if out.get("type") == "object" and "properties" in out:
+        # A defaulted nested object becomes {}: its own properties' defaults fill it in.
+        if "default" in out:
+            out["default"] = {}
+        for name, sub in out["properties"].items():
+            if not sub.get("description"):
+                raise SchemaError(f"{path}.{name} has no description")
+    return out
+
+
+def schema_of(model: type, *, mode: str = "validation") -> dict[str, Any]:
+    raw = model.model_json_schema(mode=mode)  # type: ignore[attr-defined]
+    return _convert(raw, raw.get("$defs", {}), model.__name__)
+
+
+def _printer_columns() -> list[dict[str, Any]]:
+    return [
+        {
+            "name": "Phase",
+            "type": "string",
+            "jsonPath": ".status.phase",
+            "description": "Pending, Queued, Training, Evaluating, Succeeded, Failed, Suspended",
+        },
+        {
+            "name": "Objective",
+            "type": "string",
+            "jsonPath": ".status.objective",
+            "description": "ar or mdm",
+        },
+        {
+            "name": "Model",
+            "type": "string",
+            "jsonPath": ".spec.model.preset",
+            "description": "Model preset",
+        },
+        {
+            "name": "Epochs",
+            "type": "number",
+            "jsonPath": ".spec.data.epochs",
+            "description": "Passes over the unique tokens",
+        },
+        {
+            "name": "Progress",
+            "type": "string",
+            "jsonPath": ".status.progress.summary",
+            "description": "Training step / total steps (percent)",
+        },
+        {
+            "name": "Loss",
+            "type": "number",
+            "jsonPath": ".status.progress.loss",
+            "description": "Last training loss",
+        },
+        {
+            "name": "ValLoss",
+            "type": "number",
+            "jsonPath": ".status.results.valLoss",
+            "description": "Validation loss after evaluation",
+            "priority": 1,
+        },
+        {
+            "name": "ETA",
+            "type": "date",
+            "jsonPath": ".status.progress.eta",
+            "description": "Estimated end of training",
+            "priority": 1,
+        },
+        {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+    ]
+
+
+def crd_for(kind: Kind) -> dict[str, Any]:
+    spec_schema = schema_of(kind.spec_model)
+    status_schema = schema_of(RunStatus, mode="serialization")
+    root = {
+        "type": "object",
+        "description": kind.description,
+        "required": ["spec"],
+        "properties": {
+            "apiVersion": {
+                "type": "string",
+                "description": f"APIVersion of this object: {API_VERSION}.",
+            },
+            "kind": {"type": "string", "description": f"Kind of this object: {kind.kind}."},
+            "metadata": {
+                "type": "object",
+                "description": "Standard object metadata. The name is a DNS-1035 label of at "
+                f"most {MAX_RUN_NAME} characters (its children add suffixes).",
+            },
+            "spec": spec_schema,
+            "status": status_schema,
+        },
+        "x-kubernetes-validations": [
+            {
+                "rule": f"self.metadata.name.size() <= {MAX_RUN_NAME}",
+                "message": f"the run name must be at most {MAX_RUN_NAME} characters: the "
+                "trainer's pods and Services are named <run>-train-worker-<n>",
+            },
+            {
+                "rule": f"self.metadata.name.matches('{DNS1035}')",
+                "message": "the run name must be a DNS-1035 label: lower-case letters, digits "
+                "and '-', starting with a letter and ending with a letter or digit",
+            },
+        ],
+    }
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {
+            "name": f"{kind.plural}.{GROUP}",
+            "labels": {"app.kubernetes.io/name": "diffar", "app.kubernetes.io/part-of": "diffar"},
+        },
+        "spec": {
+            "group": GROUP,
+            "scope": "Namespaced",
+            "names": {
+                "kind": kind.kind,
+                "listKind": f"{kind.kind}List",
+                "plural": kind.plural,
+                "singular": kind.singular,
+                "shortNames": list(kind.short_names),
+                "categories": ["diffar", "all"],
+            },
+            "versions": [
+                {
+                    "name": VERSION,
+                    "served": True,
+                    "storage": True,
+                    "subresources": {"status": {}},
+                    "additionalPrinterColumns": _printer_columns(),
+                    "schema": {"openAPIV3Schema": root},
+                }
+            ],
+        },
+    }
+
+
+def crds() -> list[dict[str, Any]]:
+    return [crd_for(KINDS[name]) for name in sorted(KINDS)]
+
+
+HEADER = "# Generated by `diffar crds` from diffar/operator/api.py; do not edit.\n"
+
+
+def _dump(obj: dict[str, Any]) -> str:
+    return yaml.safe_dump(obj, sort_keys=False, width=100, allow_unicode=True)
+
+
+def render_yaml() -> str:
+    return HEADER + "".join(f"---\n{_dump(crd)}" for crd in crds())
+
+
+def file_name(crd: dict[str, Any]) -> str:
+    return f"{crd['metadata']['name']}.yaml"
+
+
+def files() -> dict[str, str]:
+    return {file_name(crd): HEADER + _dump(crd) for crd in crds()}
+
+
+def write(dirs: list[Path]) -> list[Path]:
+    written = []
+    for d in dirs:
+        d.mkdir(parents=True, exist_ok=True)
+        for name, text in files().items():
+            path = d / name
+            path.write_text(text)
+            written.append(path)
+    return written

@@ -1,0 +1,63 @@
+"""Fixtures of the operator tests.
+
+The contract and end-to-end tests need real components (jsonschema, cel-python,
+kubernetes-validate, kmock, kopf): they are imported at module level in the tests that use them,
+so a missing one fails the test run instead of skipping it.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent.parent
+DATA = HERE / "data"
+PYTORCHJOB_CRD = DATA / "kubeflow.org_pytorchjobs.yaml"
+SHARED_PYTORCHJOB_CRD = ROOT.parent / "shared" / "kubeflow" / "kubeflow.org_pytorchjobs.yaml"
+EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))
+
+
+def load_yaml(path: Path) -> dict:
+    return yaml.safe_load(path.read_text())
+
+
+@pytest.fixture(scope="session")
+def pytorchjob_crd() -> dict:
+    return load_yaml(PYTORCHJOB_CRD)
+
+
+@pytest.fixture(scope="session")
+def run_crds() -> dict[str, dict]:
+    from diffar.operator import crdgen
+
+    return {crd["spec"]["names"]["kind"]: crd for crd in crdgen.crds()}
+
+
+MINIMAL_DIFFUSION = {
+    "apiVersion": "diffar.io/v1alpha1",
+    "kind": "DiffusionRun",
+    "metadata": {"name": "mdm-small", "namespace": "research"},
+    "spec": {
+        "model": {"preset": "tiny", "seqLen": 128},
+        "data": {
+            "trainUri": "s3://data/train",
+            "valUri": "s3://data/val",
+            "uniqueTokens": 1_000_000,
+            "epochs": 4,
+        },
+        "training": {"globalBatch": 32, "microBatch": 4},
+        "resources": {"nodes": 2, "gpusPerNode": 4},
+        "checkpoint": {"uri": "s3://runs/mdm-small/ckpt"},
+        "s3": {"endpoint": "http://s3.local:8333", "credentialsSecret": "s3-keys"},
+    },
+}
+
+
+@pytest.fixture()
+def manifest() -> dict:
+    """A small valid DiffusionRun manifest; tests mutate their own copy."""
+    return copy.deepcopy(MINIMAL_DIFFUSION)
