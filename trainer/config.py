@@ -216,6 +216,12 @@ def apply_overrides(cfg: TrainConfig, assignments: list[str]) -> TrainConfig:
     if not assignments:
         return cfg
     raw = cfg.model_dump()
+    keys = {item.partition("=")[0] for item in assignments}
+    if "model.preset" in keys:
+        # The dump holds the old preset's resolved shape; a new preset must fill it afresh.
+        for dim_key in ("dim", "n_layers", "n_heads"):
+            if f"model.{dim_key}" not in keys:
+                raw["model"][dim_key] = None
     for item in assignments:
         key, sep, value = item.partition("=")
         if not sep or not key:

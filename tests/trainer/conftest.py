@@ -1,0 +1,76 @@
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+sys.path.insert(0, str(Path(__file__).parent))
+from synthetic import markov_tokens, write_dataset  # noqa: E402
+
+VOCAB = 128
+
+
+@pytest.fixture(scope="session")
+def markov_dataset(tmp_path_factory) -> Path:
+    return write_dataset(
+        tmp_path_factory.mktemp("data") / "train", markov_tokens(20_000, VOCAB), VOCAB
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def write_config(tmp_path, markov_dataset):
+    def write(**overrides) -> Path:
+        cfg = {
+            "name": "test",
+            "objective": "ar",
+            "model": {"preset": "nano", "seq_len": 32, "vocab_size": VOCAB, "dropout": 0.0},
+            "data": {"train_uri": str(markov_dataset)},
+            "epochs": 4,
+            "global_batch": 16,
+            "micro_batch": 8,
+            "optim": {"lr": 3e-3, "min_lr": 3e-4},
+            "metrics": {"port": None, "log_interval": 10, "log_file": str(tmp_path / "loss.jsonl")},
+        }
+        for key, value in overrides.items():
+            node = cfg
+            *parents, leaf = key.split("__")
+            for p in parents:
+                node = node.setdefault(p, {})
+            node[leaf] = value
+        path = tmp_path / f"config-{len(list(tmp_path.glob('config-*')))}.yaml"
+        path.write_text(yaml.safe_dump(cfg))
+        return path
+
+    return write
+
+
+def diffar_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "diffar.operator.cli", *args]
+
+
+def torchrun_cmd(nproc: int, *args: str) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        f"--nproc-per-node={nproc}",
+        "--master-addr=127.0.0.1",
+        f"--master-port={free_port()}",
+        "-m",
+        "diffar.operator.cli",
+        *args,
+    ]
+
+
+def run(cmd: list[str], timeout: float = 300, **kw) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, **kw)
