@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 sys.path.insert(0, str(Path(__file__).parent))
-from synthetic import markov_tokens, write_dataset  # noqa: E402
+from synthetic import markov_tokens, write_dataset
 
 VOCAB = 128
 

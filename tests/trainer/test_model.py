@@ -74,5 +74,5 @@ def test_flops_per_token_paper_convention():
 
 def test_too_long_sequence_is_refused():
     model = Transformer(ModelConfig(preset="nano", seq_len=8, vocab_size=50), causal=True)
-    with pytest.raises(ValueError, match="exceeds model.seq_len"):
+    with pytest.raises(ValueError, match=r"exceeds model\.seq_len"):
         model(torch.zeros(1, 9, dtype=torch.long))
