@@ -644,3 +644,202 @@ def inspect_datasets(
     if as_json:
         return json.dumps(docs if len(targets) > 1 else next(iter(docs.values())), indent=2), ok
     return "\n".join(lines), ok
+
+
+# ---------------------------------------------------------------- checkpoints
+
+CKPT_LATEST = "latest"
+CKPT_MARKER = ".diffar-complete.json"
+
+
+def local_checkpoint_dir(remote_uri: str, cache_dir: str | Path = ".diffar-cache") -> Path:
+    """Where a run keeps the local copy of an s3:// checkpoint dir (plain paths: themselves)."""
+    if not is_remote(remote_uri):
+        return local_path(remote_uri)
+    bucket, prefix = split_s3(remote_uri)
+    return Path(cache_dir) / "checkpoints" / bucket / prefix
+
+
+def _tag_files(local_dir: Path, tag: str) -> list[Path]:
+    root = local_dir / tag
+    if not root.is_dir():
+        raise StorageError(f"{root}: no such checkpoint directory to upload")
+    return sorted(p for p in root.rglob("*") if p.is_file() and not p.name.endswith(".tmp"))
+
+
+def upload_checkpoint_files(
+    local_dir: str | Path,
+    remote_uri: str,
+    tag: str,
+    options: StorageOptions | dict | None = None,
+) -> int:
+    """Upload LOCAL_DIR/TAG/** to REMOTE/TAG/** (files already there, same size and sha256, are
+    skipped). Safe to call from one process per node on multi-node runs whose ranks each wrote
+    their own shards locally; then call `commit_checkpoint` once. Returns bytes uploaded."""
+    local_dir = Path(local_dir)
+    opts = _options(options)
+    store = open_store(remote_uri, opts)
+    files = _tag_files(local_dir, tag)
+    total = sum(p.stat().st_size for p in files)
+    meter = _Meter(f"upload {join(remote_uri, tag)}", total, opts.verbose)
+    sent = 0
+
+    def one(p: Path) -> int:
+        rel = f"{tag}/{p.relative_to(local_dir / tag).as_posix()}"
+        sha = sha256_file(p)
+        size = p.stat().st_size
+        try:
+            if store.size(rel) == size and store.metadata(rel).get("sha256") == sha:
+                meter(size)
+                return 0
+        except NotFoundError as e:
+            if "bucket does not exist" in str(e):
+                raise
+        store.put_file(rel, p, metadata={"sha256": sha})
+        meter(size)
+        return size
+
+    with ThreadPoolExecutor(max_workers=max(1, min(4, opts.concurrency))) as pool:
+        for n in pool.map(one, files):
+            sent += n
+    meter.close()
+    return sent
+
+
+def commit_checkpoint(
+    remote_uri: str, tag: str, keep: int | None = None, options: StorageOptions | dict | None = None
+) -> list[str]:
+    """Mark REMOTE/TAG complete (a marker listing its files), then point REMOTE/latest at it
+    (written last), then prune to the newest `keep` complete tags. Returns the pruned tags."""
+    import json
+
+    store = open_store(remote_uri, options)
+    files = [k for k in store.list(tag) if not k.endswith(CKPT_MARKER)]
+    if not files:
+        raise StorageError(f"{join(remote_uri, tag)}: no checkpoint files were uploaded")
+    listing = {
+        k[len(tag) + 1 :]: {"size": store.size(k), "sha256": store.metadata(k).get("sha256", "")}
+        for k in files
+    }
+    marker = {"tag": tag, "files": listing, "time": time.time()}
+    store.put_bytes(f"{tag}/{CKPT_MARKER}", json.dumps(marker, indent=1).encode())
+    store.put_bytes(CKPT_LATEST, f"{tag}\n".encode())
+    return prune_remote_checkpoints(remote_uri, keep, options) if keep else []
+
+
+def _remote_tags(store: Store) -> tuple[list[str], set[str]]:
+    tags: set[str] = set()
+    complete: set[str] = set()
+    for k in store.list(""):
+        if "/" in k:
+            head, rest = k.split("/", 1)
+            tags.add(head)
+            if rest == CKPT_MARKER:
+                complete.add(head)
+    return sorted(tags), complete
+
+
+def prune_remote_checkpoints(
+    remote_uri: str, keep: int, options: StorageOptions | dict | None = None
+) -> list[str]:
+    """Delete all but the newest `keep` complete checkpoints (tags sort by name, as the
+    trainer's zero-padded step tags do), never the one `latest` names; incomplete tags older
+    than the oldest kept one are deleted too (newer ones may still be uploading)."""
+    store = open_store(remote_uri, options)
+    tags, complete = _remote_tags(store)
+    try:
+        current = store.get_bytes(CKPT_LATEST).decode().strip()
+    except NotFoundError:
+        current = None
+    done = [t for t in tags if t in complete]
+    kept = set(done[-keep:]) if keep > 0 else set()
+    if current:
+        kept.add(current)
+    oldest_kept = min(kept) if kept else None
+    doomed = [
+        t
+        for t in tags
+        if t not in kept and (t in complete or (oldest_kept is not None and t < oldest_kept))
+    ]
+    for t in doomed:
+        keys = [k for k in store.list(t)]
+        # the marker first, so a half-deleted tag never looks complete
+        marker = [k for k in keys if k.endswith(CKPT_MARKER)]
+        store.delete(marker)
+        store.delete([k for k in keys if k not in marker])
+    return doomed
+
+
+def sync_checkpoint_up(
+    local_dir: str | Path,
+    remote_uri: str,
+    tag: str,
+    keep: int | None = None,
+    options: StorageOptions | dict | None = None,
+) -> list[str]:
+    """After a checkpoint save (single node): upload LOCAL_DIR/TAG to REMOTE/TAG, write
+    REMOTE/latest last, prune REMOTE to the newest `keep`. Returns the pruned tags.
+    A no-op when `remote_uri` is the local dir itself (a plain path or file:// URI of it)."""
+    if not is_remote(remote_uri) and local_path(remote_uri).resolve() == Path(local_dir).resolve():
+        return []
+    upload_checkpoint_files(local_dir, remote_uri, tag, options)
+    return commit_checkpoint(remote_uri, tag, keep, options)
+
+
+def fetch_latest_checkpoint(
+    remote_uri: str,
+    local_dir: str | Path,
+    options: StorageOptions | dict | None = None,
+) -> str | None:
+    """Before resume: download the newest complete checkpoint REMOTE/TAG into LOCAL_DIR/TAG,
+    every file verified against the sha256 recorded at upload, then write LOCAL_DIR/latest.
+    Returns the tag, or None when the remote holds no checkpoint yet. When LOCAL_DIR already
+    holds that tag (or a newer one, e.g. a restart on the same node), nothing is downloaded and
+    the newer tag is returned. All ranks of a node may call it: one downloads, the rest wait."""
+    import json
+
+    local_dir = Path(local_dir)
+    if not is_remote(remote_uri) and local_path(remote_uri).resolve() == local_dir.resolve():
+        pointer = local_dir / CKPT_LATEST
+        return pointer.read_text().strip() if pointer.is_file() else None
+    opts = _options(options)
+    store = open_store(remote_uri, opts)
+    with _node_lock(local_dir / ".diffar-fetch.lock", remote_uri):
+        try:
+            tag = store.get_bytes(CKPT_LATEST).decode().strip()
+        except NotFoundError as e:
+            if "bucket does not exist" in str(e):
+                raise
+            return None
+        try:
+            marker = json.loads(store.get_bytes(f"{tag}/{CKPT_MARKER}"))
+        except NotFoundError:
+            raise StorageError(
+                f"{join(remote_uri, tag)}: `latest` names a checkpoint with no completion "
+                "marker; delete the `latest` object or upload the checkpoint again"
+            ) from None
+        local_pointer = local_dir / CKPT_LATEST
+        if local_pointer.is_file():
+            have = local_pointer.read_text().strip()
+            if have >= tag and (local_dir / have).is_dir():
+                return have
+        files = marker["files"]
+        total = sum(int(f["size"]) for f in files.values())
+        meter = _Meter(f"fetch {join(remote_uri, tag)}", total, opts.verbose)
+        for rel, info in sorted(files.items()):
+            dest = local_dir / tag / rel
+            sha = info.get("sha256") or None
+            if (
+                dest.is_file()
+                and dest.stat().st_size == int(info["size"])
+                and (sha is None or sha256_file(dest) == sha)
+            ):
+                meter(int(info["size"]))
+                continue
+            store.get_file(f"{tag}/{rel}", dest, sha256=sha, size=int(info["size"]), progress=meter)
+        meter.close()
+        (local_dir / tag / CKPT_MARKER).write_text(json.dumps(marker, indent=1))
+        tmp = local_dir / (CKPT_LATEST + ".tmp")
+        tmp.write_text(f"{tag}\n")
+        os.replace(tmp, local_pointer)
+    return tag
