@@ -15,6 +15,9 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from diffar.trainer.config import TrainConfig
+from diffar.trainer.errors import UserError
+
 TAG_PREFIX = "step-"
 
 
@@ -23,16 +26,63 @@ class RunPosition:
     step: int
     tokens_seen: int
     sampler: dict
+    fingerprint: dict
 
     def to_client_state(self) -> dict:
         return {
-            "diffar": {"step": self.step, "tokens_seen": self.tokens_seen, "sampler": self.sampler}
+            "diffar": {
+                "step": self.step,
+                "tokens_seen": self.tokens_seen,
+                "sampler": self.sampler,
+                "fingerprint": self.fingerprint,
+            }
         }
 
     @classmethod
     def from_client_state(cls, state: dict) -> RunPosition:
         d = state["diffar"]
-        return cls(step=d["step"], tokens_seen=d["tokens_seen"], sampler=d["sampler"])
+        return cls(d["step"], d["tokens_seen"], d["sampler"], d.get("fingerprint", {}))
+
+
+def fingerprint(cfg: TrainConfig) -> dict:
+    """The fields that define what a run trains; a checkpoint only resumes a run that agrees.
+    Batch splitting, checkpointing and metrics settings may change between restarts."""
+    return cfg.model_dump(
+        mode="json",
+        include={
+            "objective",
+            "model",
+            "data",
+            "epochs",
+            "global_batch",
+            "optim",
+            "diffusion",
+            "seed",
+            "zero_stage",
+        },
+        exclude={"data": {"train_uri", "val_uri", "cache_dir"}},
+    )
+
+
+def check_resumable(position: RunPosition, cfg: TrainConfig, directory: Path) -> None:
+    current = fingerprint(cfg)
+    changed = sorted(_diff_keys(position.fingerprint, current))
+    if changed:
+        raise UserError(
+            f"{directory} holds a checkpoint of a different run (changed: {', '.join(changed)}); "
+            "use a new checkpoint.dir or restore the original settings"
+        )
+
+
+def _diff_keys(old: dict, new: dict, prefix: str = "") -> list[str]:
+    out = []
+    for key in sorted(old.keys() | new.keys()):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _diff_keys(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append(prefix + key)
+    return out
 
 
 def tag_for(step: int) -> str:

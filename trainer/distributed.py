@@ -41,6 +41,9 @@ def init_distributed() -> DistEnv:
     if cuda:
         torch.cuda.set_device(local_rank)
     else:
+        os.environ.setdefault(
+            "DS_ACCELERATOR", "cpu"
+        )  # said, so DeepSpeed need not warn it guessed
         # DeepSpeed's CPU backend otherwise JIT-compiles a shared-memory allreduce op on first
         # use (2-4 minutes of C++ on every fresh machine); gloo does the job for CPU runs.
         importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None

@@ -65,6 +65,7 @@ def train(cfg: TrainConfig) -> RunPlan:
     position = checkpoint.load_latest(engine, ckpt_dir) if ckpt_dir else None
     step, tokens_seen = 0, 0
     if position is not None:
+        checkpoint.check_resumable(position, cfg, ckpt_dir)
         sampler.load_state_dict(position.sampler)
         step, tokens_seen = position.step, position.tokens_seen
 
@@ -76,6 +77,8 @@ def train(cfg: TrainConfig) -> RunPlan:
         loss_log = LossLog(cfg.metrics.log_file, step)
         where = f", metrics on :{metrics.port}" if metrics.port else ""
         resumed = f"resumed at step {step}" if position else "from scratch"
+        if step >= plan.total_steps:
+            resumed = f"already complete at step {step}, nothing to train"
         progress.message(
             f"diffar train {cfg.name}: {cfg.objective} {plan.params / 1e6:.1f}M params, "
             f"{plan.total_steps} steps on {env.world_size} rank(s), {resumed}{where}"
@@ -139,7 +142,9 @@ def train(cfg: TrainConfig) -> RunPlan:
             pending, window_start, window_steps = [], time.perf_counter(), 0
 
         if ckpt_dir and (step % cfg.checkpoint.interval == 0 or last):
-            position = checkpoint.RunPosition(step, tokens_seen, sampler.state_dict())
+            position = checkpoint.RunPosition(
+                step, tokens_seen, sampler.state_dict(), checkpoint.fingerprint(cfg)
+            )
             tag = checkpoint.save(engine, ckpt_dir, position, cfg.checkpoint.keep, env.is_main)
             if env.is_main:
                 metrics.last_ckpt.set_to_current_time()

@@ -199,3 +199,16 @@ def test_bad_configs_fail_in_one_line(tmp_path, content, message):
     assert message in result.stderr
     assert "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_resume_refuses_a_checkpoint_of_another_run(write_config, tmp_path):
+    cfg = write_config(max_steps=4, checkpoint={"dir": str(tmp_path / "ckpt"), "interval": 2})
+    assert run(diffar_cmd("train", "--config", str(cfg))).returncode == 0
+    again = run(diffar_cmd("train", "--config", str(cfg)))
+    assert again.returncode == 0 and "already complete at step 4" in again.stdout
+    changed = run(
+        diffar_cmd("train", "--config", str(cfg), "--set", "epochs=5", "--set", "optim.lr=0.01")
+    )
+    assert changed.returncode == 2
+    assert "holds a checkpoint of a different run (changed: epochs, optim.lr)" in changed.stderr
+    assert "Traceback" not in changed.stderr
