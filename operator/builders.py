@@ -14,29 +14,31 @@ the run (ownerReferences, controller: true) so deleting the run deletes them:
 - Job `<run>-eval` (batch/v1), created once training succeeded: `diffar eval --config`; the
   evaluator writes a results summary (JSON, under 4 KiB) to its termination message.
 
-EvalConfig (`eval.json`; the contract with `diffar eval --config FILE`), version 1:
+EvalConfig (`eval.json`): the evaluator's own `diffar.evaluator.config.EvalConfig` fields, which
+`diffar eval --config FILE` reads; the builder validates through that model when it is
+importable. The operator fills:
 
-| key | meaning |
+| key | from |
 | --- | --- |
-| version | 1 |
-| run, namespace, kind, objective | the run (objective: ar or mdm) |
-| train_config | path of train.json beside it (model shape, seq_len, precision) |
-| checkpoint_uri | checkpoint directory; the evaluator loads the newest checkpoint in it |
-| data_val_uri | validation token shards |
-| tasks | downstream task names (arc_easy, boolq, copa, hellaswag, piqa, race, winogrande, sciq, lambada) |
-| mc_samples | Monte Carlo samples of the diffusion ELBO |
-| seed | evaluation seed |
-| results_uri | where to write the full results.json (`<checkpoint_uri>/results.json`) |
-| pushgateway_url | Prometheus Pushgateway base URL, or null to skip pushing |
-| grouping_key | Pushgateway grouping key: {job: diffar, namespace, run} |
-| termination_message_path | where to write the summary {"val_loss": x, "tasks": {name: acc}, "results_uri": u} |
+| model_uri | spec.checkpoint.uri (the evaluator loads the checkpoint's export/model.pt) |
+| name | the run's name (Pushgateway grouping job=diffar-eval, run=NAME) |
+| data_uri | spec.data.valUri |
+| tasks, samples | spec.evaluation.tasks, spec.evaluation.mcSamples |
+| output_uri | `<checkpoint.uri>/results.json` |
+| pushgateway | spec.evaluation.pushgatewayUrl, else the operator's DIFFAR_PUSHGATEWAY_URL |
+| seed, cache_dir, device, progress | training.seed, /var/cache/diffar, auto (cpu without GPUs), false |
+
+Results back to the operator: the evaluator container's termination message
+(`/dev/termination-log`, at most 4 KiB; the Job sets DIFFAR_TERMINATION_LOG to that path): a
+compact results.json, `{"loss": x, "loss_estimator": "nll"|"elbo", "tasks": {name: acc | {"acc":
+acc, ...}}, "results_uri": u}`. The operator copies it into `status.results`.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
@@ -55,7 +57,7 @@ TRAIN_JSON = "train.json"
 EVAL_JSON = "eval.json"
 PYTORCHJOB_API = "kubeflow.org/v1"
 MASTER_PORT = 23456
-PUSHGATEWAY_JOB = "diffar"
+PUSHGATEWAY_JOB = "diffar-eval"
 LABEL_RUN = "diffar.io/run"
 LABEL_KIND = "diffar.io/kind"
 LABEL_OBJECTIVE = "diffar.io/objective"
@@ -64,54 +66,53 @@ ANNOTATION_SPEC_HASH = "diffar.io/spec-hash"
 KUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 
 
-class EvalConfig(BaseModel):
-    """The evaluator's input; see the module docstring for each key."""
+class EvalConfigDoc(BaseModel):
+    """The subset of the evaluator's EvalConfig the operator writes (same names and meaning)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    version: Literal[1] = 1
-    run: str
-    namespace: str
-    kind: str
-    objective: Literal["ar", "mdm"]
-    train_config: str
-    checkpoint_uri: str | None
-    data_val_uri: str | None
+    model_uri: str
+    name: str
+    data_uri: str | None
     tasks: list[str]
-    mc_samples: int
+    samples: int
+    output_uri: str | None
+    pushgateway: str | None
     seed: int
-    results_uri: str | None
-    pushgateway_url: str | None
-    grouping_key: dict[str, str]
-    termination_message_path: str = TERMINATION_LOG
+    progress: bool = False
+    cache_dir: str = CACHE_DIR
+    device: str = "auto"
 
 
 def grouping_key(run: Run) -> dict[str, str]:
-    return {"job": PUSHGATEWAY_JOB, "namespace": run.namespace, "run": run.name}
+    """The evaluator's Pushgateway group (diffar.evaluator.pushgateway: job=diffar-eval, run)."""
+    return {"job": PUSHGATEWAY_JOB, "run": run.name}
 
 
 def pushgateway_url(run: Run, settings: Settings) -> str | None:
     return run.spec.evaluation.pushgatewayUrl or settings.pushgateway_url
 
 
-def eval_config(run: Run, settings: Settings) -> EvalConfig:
+def eval_config(run: Run, settings: Settings) -> dict[str, Any]:
+    """eval.json as a dict, validated by the evaluator's own model when it is installed."""
     s = run.spec
-    ckpt = s.checkpoint.uri
-    return EvalConfig(
-        run=run.name,
-        namespace=run.namespace,
-        kind=run.kind.kind,
-        objective=run.objective,  # type: ignore[arg-type]
-        train_config=f"{CONFIG_DIR}/{TRAIN_JSON}",
-        checkpoint_uri=ckpt,
-        data_val_uri=s.data.valUri,
+    ckpt = (s.checkpoint.uri or "").rstrip("/")
+    doc = EvalConfigDoc(
+        model_uri=ckpt,
+        name=run.name,
+        data_uri=s.data.valUri,
         tasks=list(s.evaluation.tasks),
-        mc_samples=s.evaluation.mcSamples,
+        samples=s.evaluation.mcSamples,
+        output_uri=f"{ckpt}/results.json" if ckpt else None,
+        pushgateway=pushgateway_url(run, settings),
         seed=s.training.seed,
-        results_uri=f"{ckpt.rstrip('/')}/results.json" if ckpt else None,
-        pushgateway_url=pushgateway_url(run, settings),
-        grouping_key=grouping_key(run),
-    )
+        device="auto" if s.evaluation.gpus else "cpu",
+    ).model_dump(mode="json")
+    try:
+        from diffar.evaluator.config import EvalConfig
+    except ImportError:  # the evaluator package is optional in the operator image
+        return doc
+    return EvalConfig.model_validate(doc).model_dump(mode="json", include=set(doc))
 
 
 def spec_hash(run: Run) -> str:
@@ -154,7 +155,7 @@ def _metadata(run: Run, name: str, component: str, extra_labels: dict | None = N
 
 def build_config_map(run: Run, settings: Settings) -> dict[str, Any]:
     train = train_config(run).model_dump_json(indent=2)
-    evaluation = eval_config(run, settings).model_dump_json(indent=2)
+    evaluation = json.dumps(eval_config(run, settings), indent=2)
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
@@ -346,7 +347,11 @@ def build_eval_job(run: Run, settings: Settings) -> dict[str, Any]:
         "imagePullPolicy": s.images.pullPolicy,
         "command": ["diffar"],
         "args": ["eval", "--config", f"{CONFIG_DIR}/{EVAL_JSON}"],
-        "env": [*_common_env(run), {"name": "DIFFAR_CACHE_DIR", "value": CACHE_DIR}],
+        "env": [
+            *_common_env(run),
+            {"name": "DIFFAR_CACHE_DIR", "value": CACHE_DIR},
+            {"name": "DIFFAR_TERMINATION_LOG", "value": TERMINATION_LOG},
+        ],
         "resources": _resources(run, s.evaluation.gpus),
         "volumeMounts": [dict(m) for m in _MOUNTS],
         "terminationMessagePath": TERMINATION_LOG,

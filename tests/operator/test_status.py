@@ -1,0 +1,239 @@
+"""The run state machine (`diffar.operator.status.decide`), pure: bodies and children in."""
+
+from __future__ import annotations
+
+import copy
+import json
+from datetime import UTC, datetime, timedelta
+
+from diffar.operator import status as st
+from diffar.operator.runs import Settings
+
+NOW = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
+UID = "1b4e28ba-2fa1-11d2-883f-0016d3cca427"
+SETTINGS = Settings()
+
+
+def body(manifest: dict, status: dict | None = None, generation: int = 1) -> dict:
+    b = copy.deepcopy(manifest)
+    b["metadata"].update(uid=UID, generation=generation)
+    if status is not None:
+        b["status"] = status
+    return b
+
+
+def job(kind: str, name: str, conditions: list[tuple[str, str]] = (), suspend: bool = False):
+    obj = {
+        "kind": kind,
+        "metadata": {"name": name, "ownerReferences": [{"uid": UID, "controller": True}]},
+        "spec": {"runPolicy": {"suspend": suspend}}
+        if kind == "PyTorchJob"
+        else {"suspend": suspend},
+        "status": {
+            "conditions": [
+                {
+                    "type": t,
+                    "status": "True",
+                    "message": m,
+                    "lastTransitionTime": "2026-01-01T11:00:00Z",
+                }
+                for t, m in conditions
+            ]
+        },
+    }
+    return obj
+
+
+def step(manifest, prev_status, observed, now=NOW):
+    return st.decide(body(manifest, prev_status), observed, SETTINGS, now)
+
+
+def test_create_makes_configmap_and_pytorchjob(manifest):
+    d = step(manifest, None, st.Observed())
+    assert [o["kind"] for o in d.create] == ["ConfigMap", "PyTorchJob"]
+    assert d.phase == "Pending" and d.status["reason"] == "ChildrenCreated"
+    assert d.status["objective"] == "mdm"
+    assert d.status["observedGeneration"] == 1
+    assert d.status["children"] == {
+        "configMap": "mdm-small-config",
+        "trainJob": "mdm-small-train",
+        "evalJob": None,
+    }
+    # 1M tokens, L=128: 7812 sequences/epoch, 4 epochs, batch 32 -> 976 steps
+    assert d.status["progress"]["totalSteps"] == 976
+    conds = {c["type"]: c for c in d.status["conditions"]}
+    assert conds["Validated"]["status"] == "True"
+    assert conds["Ready"]["status"] == "False"
+    assert all(c["lastTransitionTime"] == "2026-01-01T12:00:00Z" for c in conds.values())
+    assert d.events == [("Normal", "ChildrenCreated", "Pending: PyTorchJob created")]
+    for obj in d.create:
+        assert obj["metadata"]["ownerReferences"][0]["uid"] == UID
+
+
+def test_full_lifecycle(manifest):
+    d = step(manifest, None, st.Observed())
+    cm, _pj = d.create
+    s = d.status
+    # Running, with a progress sample, then another a minute later: ETA from the rate.
+    obs = st.Observed(
+        config_map=cm, train_job=job("PyTorchJob", "mdm-small-train", [("Running", "")])
+    )
+    obs.progress = {"step": 100, "loss": 7.5, "tokens_seen": 409600, "epoch": 0.41}
+    d = step(manifest, s, obs)
+    assert d.phase == "Training" and d.create == [] and d.patch == []
+    s = d.status
+    assert s["progress"]["step"] == 100 and s["progress"]["loss"] == 7.5
+    assert s["startTime"] == "2026-01-01T12:00:00Z"
+    obs.progress = {"step": 160, "loss": 6.0, "tokens_seen": 655360, "epoch": 0.66}
+    d = step(manifest, s, obs, NOW + timedelta(seconds=60))
+    s = d.status
+    # 60 steps/minute, 816 steps left -> 13.6 minutes
+    assert s["progress"]["eta"] == "2026-01-01T12:14:36Z"
+    assert s["progress"]["summary"] == "160/976 (16%)"
+    # Restarting counts one restart, once.
+    obs.train_job = job("PyTorchJob", "mdm-small-train", [("Restarting", "pod evicted")])
+    d = step(manifest, s, obs)
+    assert d.phase == "Training" and d.status["reason"] == "TrainingRestarting"
+    assert d.status["restarts"] == 1
+    d = step(manifest, d.status, obs)
+    assert d.status["restarts"] == 1
+    s = d.status
+    # Succeeded -> the eval Job is created.
+    obs.train_job = job("PyTorchJob", "mdm-small-train", [("Succeeded", "done")])
+    obs.progress = None
+    d = step(manifest, s, obs)
+    assert [o["kind"] for o in d.create] == ["Job"]
+    assert d.phase == "Evaluating"
+    assert d.status["progress"]["step"] == 976 and "eta" not in d.status["progress"]
+    assert d.status["children"]["evalJob"] == "mdm-small-eval"
+    s = d.status
+    obs.eval_job = job("Job", "mdm-small-eval")
+    d = step(manifest, s, obs)
+    assert d.phase == "Evaluating" and d.create == []
+    # Complete with results.
+    obs.eval_job = job("Job", "mdm-small-eval", [("Complete", "")])
+    obs.eval_results = st.parse_results(
+        json.dumps(
+            {
+                "loss": 3.55,
+                "tasks": {"piqa": {"acc": 0.6072}, "sciq": 0.6867},
+                "results_uri": "s3://runs/r.json",
+            }
+        )
+    )
+    d = step(manifest, d.status, obs)
+    assert d.phase == "Succeeded" and d.status["reason"] == "EvaluationSucceeded"
+    assert d.status["results"] == {
+        "valLoss": 3.55,
+        "tasks": {"piqa": 0.6072, "sciq": 0.6867},
+        "resultsUri": "s3://runs/r.json",
+    }
+    conds = {c["type"]: c["status"] for c in d.status["conditions"]}
+    assert conds == {
+        "Validated": "True",
+        "Training": "False",
+        "Evaluated": "True",
+        "Suspended": "False",
+        "Ready": "True",
+    }
+    assert d.status["completionTime"]
+    # Terminal: nothing more happens, even if a child disappears.
+    d2 = step(manifest, d.status, st.Observed(config_map=cm))
+    assert d2.create == [] and d2.phase == "Succeeded" and d2.events == []
+
+
+def test_training_failure_carries_the_childs_message(manifest):
+    s = step(manifest, None, st.Observed()).status
+    obs = st.Observed(
+        config_map={"metadata": {"ownerReferences": [{"uid": UID, "controller": True}]}},
+        train_job=job("PyTorchJob", "mdm-small-train", [("Failed", "OOMKilled on master-0")]),
+    )
+    d = step(manifest, s, obs)
+    assert d.phase == "Failed" and d.status["reason"] == "TrainingFailed"
+    assert "OOMKilled" in d.status["message"]
+    assert d.events[0][0] == "Warning"
+
+
+def test_eval_failure(manifest):
+    own = {"metadata": {"ownerReferences": [{"uid": UID, "controller": True}]}}
+    obs = st.Observed(
+        config_map=own,
+        train_job=job("PyTorchJob", "mdm-small-train", [("Succeeded", "")]),
+        eval_job=job("Job", "mdm-small-eval", [("Failed", "BackoffLimitExceeded")]),
+        eval_message="Traceback: CUDA error",
+    )
+    d = step(manifest, {"phase": "Evaluating"}, obs)
+    assert d.phase == "Failed" and d.status["reason"] == "EvaluationFailed"
+    assert d.status["message"] == "BackoffLimitExceeded; Traceback: CUDA error"
+
+
+def test_suspend_and_resume(manifest):
+    own = {"metadata": {"ownerReferences": [{"uid": UID, "controller": True}]}}
+    running = job("PyTorchJob", "mdm-small-train", [("Running", "")])
+    manifest["spec"]["suspend"] = True
+    d = step(manifest, {"phase": "Training"}, st.Observed(config_map=own, train_job=running))
+    assert d.patch == [
+        ("PyTorchJob", "mdm-small-train", {"spec": {"runPolicy": {"suspend": True}}})
+    ]
+    assert d.phase == "Suspended"
+    suspended = job("PyTorchJob", "mdm-small-train", [("Suspended", "")], suspend=True)
+    d = step(manifest, d.status, st.Observed(config_map=own, train_job=suspended))
+    assert d.patch == [] and d.phase == "Suspended"
+    manifest["spec"]["suspend"] = False
+    d = step(manifest, d.status, st.Observed(config_map=own, train_job=suspended))
+    assert d.patch == [
+        ("PyTorchJob", "mdm-small-train", {"spec": {"runPolicy": {"suspend": False}}})
+    ]
+    assert d.phase == "Pending"
+
+
+def test_kueue_queued_and_not_unsuspended_by_the_operator(manifest):
+    manifest["spec"]["scheduling"] = {"kueue": {"queueName": "gpus"}}
+    d = step(manifest, None, st.Observed())
+    assert d.phase == "Queued"
+    pj = d.create[1]
+    assert pj["spec"]["runPolicy"]["suspend"] is True
+    assert pj["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "gpus"
+    waiting = job(
+        "PyTorchJob", "mdm-small-train", [("Created", ""), ("Suspended", "")], suspend=True
+    )
+    d = step(manifest, d.status, st.Observed(config_map=d.create[0], train_job=waiting))
+    assert d.phase == "Queued" and d.patch == []
+
+
+def test_invalid_spec_fails_without_children(manifest):
+    manifest["spec"]["model"]["preset"] = "9B"
+    d = step(manifest, None, st.Observed())
+    assert d.create == [] and d.phase == "Failed" and d.status["reason"] == "InvalidSpec"
+    assert "unknown" in d.status["message"]
+    assert d.events[0][:2] == ("Warning", "InvalidSpec")
+    # Fixing a mutable field of an invalid run (here the preset, as a test shortcut) recovers.
+    manifest["spec"]["model"]["preset"] = "tiny"
+    d = step(manifest, d.status, st.Observed())
+    assert d.phase == "Pending" and len(d.create) == 2
+
+
+def test_child_conflict(manifest):
+    foreign = {"metadata": {"name": "mdm-small-config", "ownerReferences": []}}
+    d = step(manifest, None, st.Observed(config_map=foreign))
+    assert d.phase == "Failed" and d.status["reason"] == "ChildConflict" and d.create == []
+
+
+def test_condition_transition_time_is_stable():
+    conds = st.set_condition([], "Ready", False, "A", "", 1, NOW)
+    later = NOW + timedelta(hours=1)
+    same = st.set_condition(conds, "Ready", False, "B", "m", 2, later)
+    assert same[0]["lastTransitionTime"] == conds[0]["lastTransitionTime"]
+    assert same[0]["reason"] == "B" and same[0]["observedGeneration"] == 2
+    flipped = st.set_condition(same, "Ready", True, "C", "", 2, later)
+    assert flipped[0]["lastTransitionTime"] == "2026-01-01T13:00:00Z"
+
+
+def test_parse_results_tolerates_garbage():
+    assert st.parse_results(None) is None
+    assert st.parse_results("Traceback (most recent call last)") is None
+    assert st.parse_results("[1, 2]") is None
+    assert st.parse_results('{"val_loss": 3.7, "tasks": {"copa": "x"}}') == {
+        "valLoss": 3.7,
+        "tasks": {},
+    }
