@@ -200,6 +200,8 @@ class S3Store(Store):
                 "AWS_SECRET_ACCESS_KEY, AWS_PROFILE, or a web-identity role (IRSA)"
             )
         if isinstance(e, bex.ClientError):
+            if code in ("403", "Forbidden") and what == "HEAD":
+                code = self._error_code_of_get(key) or code  # a HEAD error has no body
             if code == "NoSuchBucket" or (
                 code in ("404", "NotFound") and not self._bucket_exists()
             ):
@@ -219,12 +221,12 @@ class S3Store(Store):
                 )
             if code in ("AccessDenied", "403", "Forbidden", "AllAccessDisabled") or status == 403:
                 return StorageError(
-                    f"{url}: access denied for {what}; grant these credentials "
-                    f"s3:{_action(what)} on bucket {self.bucket} (IAM/bucket policy)"
+                    f"{url}: access denied; grant these credentials s3:{_action(what)} on "
+                    f"bucket {self.bucket} (IAM role or bucket policy)"
                 )
             if status in _RETRY_STATUS or code in _RETRY_CODES:
                 return StorageError(
-                    f"{url}: the store kept failing ({code or status}) after {attempts} attempts; "
+                    f"{url}: the store kept failing ({_describe(e)}) after {attempts} attempts; "
                     "try again later or raise DIFFAR_S3_MAX_ATTEMPTS"
                 )
             msg = str(e.response.get("Error", {}).get("Message", "")).splitlines()
@@ -243,6 +245,15 @@ class S3Store(Store):
         if isinstance(e, bex.BotoCoreError):
             return StorageError(f"{url}: {what} failed: {_describe(e)}")
         raise e
+
+    def _error_code_of_get(self, key: str) -> str | None:
+        try:
+            self.client.get_object(Bucket=self.bucket, Key=self._key(key), Range="bytes=0-0")
+        except bex.ClientError as e:
+            return _status(e)[0] or None
+        except Exception:
+            return None
+        return None
 
     def _bucket_exists(self) -> bool:
         try:
@@ -467,8 +478,10 @@ class S3Store(Store):
 
 def _describe(e: BaseException) -> str:
     code, status = _status(e)
-    if code or status:
-        return f"{code or status}"
+    if code and not code.isdigit():
+        return code
+    if status:
+        return f"HTTP {status}"
     text = str(e).splitlines()[0] if str(e) else ""
     return f"{type(e).__name__}: {text}" if text else type(e).__name__
 

@@ -2,44 +2,18 @@
 
 from __future__ import annotations
 
-import json
 import os
-import random
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
+from corpus import write_corpus
 
 from diffar.operator.cli import main
 from diffar.trainer import storage
 from diffar.trainer.prepare import prepare
 from diffar.trainer.shards import load_tokens, read_manifest
-
-
-def write_corpus(path: Path, docs: int = 300, seed: int = 0) -> Path:
-    rng = random.Random(seed)
-    words = [
-        "the",
-        "river",
-        "of",
-        "time",
-        "flows",
-        "past",
-        "quiet",
-        "stones",
-        "and",
-        "1848",
-        "bright",
-        "café",
-        "towns",
-    ]
-    with open(path, "w") as f:
-        for _ in range(docs):
-            text = " ".join(rng.choice(words) for _ in range(rng.randint(10, 150)))
-            f.write(json.dumps({"text": text}) + "\n")
-    return path
 
 
 def test_prepare_to_s3_then_inspect_and_fetch(bucket, tmp_path, capsys, proxy):
