@@ -279,6 +279,14 @@ class LocalStore(Store):
                 shutil.rmtree(p, ignore_errors=True)
             else:
                 p.unlink(missing_ok=True)
+            # like an object store, leave no empty folders behind
+            parent = p.parent
+            while parent != self.root and self.root in parent.parents:
+                try:
+                    parent.rmdir()
+                except OSError:
+                    break
+                parent = parent.parent
 
 
 def open_store(uri: str | Path, options: StorageOptions | dict | None = None) -> Store:
