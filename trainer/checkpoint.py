@@ -64,12 +64,12 @@ def fingerprint(cfg: TrainConfig) -> dict:
     )
 
 
-def check_resumable(position: RunPosition, cfg: TrainConfig, directory: Path) -> None:
+def check_resumable(position: RunPosition, cfg: TrainConfig, where: str) -> None:
     current = fingerprint(cfg)
     changed = sorted(_diff_keys(position.fingerprint, current))
     if changed:
         raise UserError(
-            f"{directory} holds a checkpoint of a different run (changed: {', '.join(changed)}); "
+            f"{where} holds a checkpoint of a different run (changed: {', '.join(changed)}); "
             "use a new checkpoint.dir or restore the original settings"
         )
 
@@ -132,3 +132,61 @@ def load_latest(engine, directory: Path) -> RunPosition | None:
     if path is None:
         return None
     return RunPosition.from_client_state(client_state)
+
+
+@dataclass(frozen=True)
+class CheckpointPlace:
+    """Where a run's checkpoints live (`uri`) and where DeepSpeed reads and writes them on this
+    node (`local`): the same directory for paths, a cache directory mirrored to S3 otherwise."""
+
+    uri: str
+    local: Path
+
+    @property
+    def remote(self) -> bool:
+        from diffar.trainer.storage import is_remote
+
+        return is_remote(self.uri)
+
+
+def place_for(cfg: TrainConfig) -> CheckpointPlace | None:
+    if not cfg.checkpoint.dir:
+        return None
+    from diffar.trainer.storage import is_remote, local_path
+
+    uri = cfg.checkpoint.dir
+    if not is_remote(uri):
+        return CheckpointPlace(uri, local_path(uri))
+    staging = Path(cfg.data.cache_dir) / "checkpoints" / uri.split("://", 1)[1].strip("/")
+    return CheckpointPlace(uri, staging)
+
+
+def pull(place: CheckpointPlace) -> None:
+    """Collective-safe: every rank may call it; one per node downloads the newest checkpoint."""
+    if place.remote:
+        from diffar.trainer.storage import fetch_latest_checkpoint
+
+        fetch_latest_checkpoint(place.uri, place.local)
+
+
+def push(
+    place: CheckpointPlace, tag: str, keep: int, local_rank: int, is_main: bool, barrier
+) -> None:
+    """Collective: after a save, each node uploads its ranks' files, then rank 0 commits
+    (marker, `latest` last, pruning), so a checkpoint is visible only once complete."""
+    if not place.remote:
+        return
+    from diffar.trainer.storage import commit_checkpoint, upload_checkpoint_files
+
+    if local_rank == 0:
+        upload_checkpoint_files(place.local, place.uri, tag)
+    barrier()
+    if is_main:
+        commit_checkpoint(place.uri, tag, keep)
+
+
+def push_file(place: CheckpointPlace, relative: str) -> None:
+    if place.remote:
+        from diffar.trainer.storage import open_store
+
+        open_store(place.uri).put_file(relative, place.local / relative)

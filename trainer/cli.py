@@ -50,10 +50,9 @@ def _dataset_size(cfg) -> int | None:
     """The training set's size for a dry run, when the config leaves unique_tokens unset."""
     if cfg.data.unique_tokens is not None:
         return None
-    from diffar.trainer.shards import read_manifest
-    from diffar.trainer.train import resolve_train_dataset
+    from diffar.trainer.storage import read_manifest_uri
 
-    return read_manifest(resolve_train_dataset(cfg)).total_tokens
+    return read_manifest_uri(cfg.data.train_uri).total_tokens
 
 
 def _register_data(sub: argparse._SubParsersAction) -> None:

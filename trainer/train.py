@@ -11,34 +11,26 @@ from diffar.trainer import checkpoint
 from diffar.trainer.config import TrainConfig
 from diffar.trainer.distributed import DistEnv, init_distributed
 from diffar.trainer.engine import build_engine
-from diffar.trainer.errors import UserError
 from diffar.trainer.export import EXPORT_NAME, save_export
 from diffar.trainer.metrics import ConsoleProgress, LossLog, StepReport, TrainMetrics, peak_flops
 from diffar.trainer.model import Transformer
 from diffar.trainer.objectives import build_objective
 from diffar.trainer.plan import RunPlan, plan_run
 from diffar.trainer.sampler import EpochSampler
-from diffar.trainer.shards import load_tokens, read_manifest
+from diffar.trainer.shards import load_tokens
 
 
 def load_unique_tokens(cfg: TrainConfig):
-    directory = resolve_train_dataset(cfg)
-    manifest = read_manifest(directory)
-    if manifest.vocab_size != cfg.model.vocab_size:
-        raise UserError(
-            f"{cfg.data.train_uri}: tokenizer {manifest.tokenizer!r} has vocab {manifest.vocab_size} "
-            f"but model.vocab_size is {cfg.model.vocab_size}; set model.vocab_size to match the data"
-        )
+    """The first U training tokens, fetched and verified into the cache when remote."""
+    from diffar.trainer.storage import resolve_dataset
+
+    directory = resolve_dataset(
+        cfg.data.train_uri,
+        cfg.data.cache_dir,
+        unique_tokens=cfg.data.unique_tokens,
+        vocab_size=cfg.model.vocab_size,
+    )
     return load_tokens(directory, cfg.data.unique_tokens)
-
-
-def resolve_train_dataset(cfg: TrainConfig) -> Path:
-    uri = cfg.data.train_uri
-    if "://" not in uri or uri.startswith("file://"):
-        return Path(uri.removeprefix("file://"))
-    from diffar.trainer.storage import resolve_dataset  # TEMP until the storage issue lands
-
-    return resolve_dataset(uri, cfg.data.cache_dir)
 
 
 def step_seed(seed: int, step: int, rank: int, micro: int) -> int:
@@ -61,11 +53,14 @@ def train(cfg: TrainConfig) -> RunPlan:
     sampler = EpochSampler(
         tokens, cfg.model.seq_len, cfg.global_batch, cfg.seed, env.rank, env.world_size
     )
-    ckpt_dir = Path(cfg.checkpoint.dir) if cfg.checkpoint.dir else None
+    place = checkpoint.place_for(cfg)
+    ckpt_dir = place.local if place else None
+    if place:
+        checkpoint.pull(place)
     position = checkpoint.load_latest(engine, ckpt_dir) if ckpt_dir else None
     step, tokens_seen = 0, 0
     if position is not None:
-        checkpoint.check_resumable(position, cfg, ckpt_dir)
+        checkpoint.check_resumable(position, cfg, place.uri)
         sampler.load_state_dict(position.sampler)
         step, tokens_seen = position.step, position.tokens_seen
 
@@ -146,16 +141,25 @@ def train(cfg: TrainConfig) -> RunPlan:
                 step, tokens_seen, sampler.state_dict(), checkpoint.fingerprint(cfg)
             )
             tag = checkpoint.save(engine, ckpt_dir, position, cfg.checkpoint.keep, env.is_main)
+            checkpoint.push(place, tag, cfg.checkpoint.keep, env.local_rank, env.is_main, _barrier)
             if env.is_main:
                 metrics.last_ckpt.set_to_current_time()
-                progress.message(f"checkpoint {tag} saved to {ckpt_dir}")
+                progress.message(f"checkpoint {tag} saved to {place.uri}")
 
-    if ckpt_dir:
+    if place:
         _export(engine, cfg, ckpt_dir / EXPORT_NAME, step, tokens_seen, sampler.epoch, env)
+        if env.is_main:
+            checkpoint.push_file(place, EXPORT_NAME)
     if env.is_main:
         progress.close()
         progress.message(f"diffar train {cfg.name}: done, {step} steps, {tokens_seen:,} tokens")
     return plan
+
+
+def _barrier() -> None:
+    import deepspeed
+
+    deepspeed.comm.barrier()
 
 
 def _mean_over_ranks(losses: torch.Tensor, env: DistEnv) -> list[float]:

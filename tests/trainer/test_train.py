@@ -9,6 +9,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import psutil
 import pytest
 import torch
 from conftest import diffar_cmd, free_port, run, torchrun_cmd
@@ -111,8 +112,13 @@ def test_sigkill_and_resume_is_bit_for_bit(write_config, tmp_path):
         log.exists() and len(log.read_text().splitlines()) >= 50
     ):
         time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)
+    # Like a node failure: torchrun and every worker die at once (workers may sit in their own
+    # sessions, so a process-group kill alone can miss them).
+    victims = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
+    for victim in victims:
+        victim.send_signal(signal.SIGKILL)
     proc.wait()
+    psutil.wait_procs(victims, timeout=10)
     steps_before_kill = len(log.read_text().splitlines())
     assert 50 <= steps_before_kill < 234, "the run must be killed mid-way"
     assert (tmp_path / "ckpt" / "latest").exists()
