@@ -38,6 +38,10 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_) -> None:
     settings.watching.connect_timeout = 30
     settings.posting.level = logging.WARNING
     settings.networking.request_timeout = 60
+    # The progress timer is sync (a thread): give a running invocation a second to finish when
+    # its run is deleted, then poll often, so deletion is not held back by a minute.
+    settings.background.instant_exit_timeout = 1.0
+    settings.background.cancellation_polling = 2
     memo.kube = Kube()
     memo.settings = Settings.from_env()
     memo.metrics = metrics_mod.get()

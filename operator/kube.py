@@ -33,13 +33,17 @@ class ApiError(Exception):
 
 def load_api_client():
     """In-cluster credentials, else the kubeconfig (KUBECONFIG or ~/.kube/config)."""
+    import os
+
     from kubernetes import client, config
 
+    cfg = client.Configuration()
     try:
-        config.load_incluster_config()
+        config.load_incluster_config(client_configuration=cfg)
     except config.ConfigException:
-        config.load_kube_config()
-    return client.ApiClient()
+        # KUBECONFIG is read now, not when the kubernetes package was imported.
+        config.load_kube_config(config_file=os.environ.get("KUBECONFIG"), client_configuration=cfg)
+    return client.ApiClient(cfg)
 
 
 class Kube:

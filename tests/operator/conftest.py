@@ -8,10 +8,14 @@ so a missing one fails the test run instead of skipping it.
 from __future__ import annotations
 
 import copy
+import os
 from pathlib import Path
 
 import pytest
 import yaml
+
+# The operator's progress timer, read when diffar.operator.handlers is first imported.
+os.environ["DIFFAR_PROGRESS_INTERVAL"] = "0.3"
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
