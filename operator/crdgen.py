@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from pydantic import BaseModel
+from pydantic.json_schema import GenerateJsonSchema, NoDefault
 
 from diffar.operator.api import (
     API_VERSION,
@@ -70,7 +72,7 @@ def _convert(node: dict[str, Any], defs: dict[str, Any], path: str) -> dict[str,
                 node["pattern"] = string["pattern"]
         else:
             raise SchemaError(f"{path}: unions other than Optional and int|str: {options}")
-    if node.get("default", 1) is None:
+    if node.get("default", 1) is None or node.get("default", 1) is NoDefault:
         node.pop("default")
     if "const" in node:
         node["enum"] = [node.pop("const")]
@@ -104,8 +106,19 @@ def _convert(node: dict[str, Any], defs: dict[str, Any], path: str) -> dict[str,
     return out
 
 
+class _WithFactoryDefaults(GenerateJsonSchema):
+    """Defaults from default_factory too: nested objects ({}), lists and maps."""
+
+    def get_default_value(self, schema):  # type: ignore[override]
+        factory = schema.get("default_factory")
+        if factory is not None and not schema.get("default_factory_takes_data"):
+            value = factory()
+            return {} if isinstance(value, BaseModel) else value
+        return super().get_default_value(schema)
+
+
 def schema_of(model: type, *, mode: str = "validation") -> dict[str, Any]:
-    raw = model.model_json_schema(mode=mode)  # type: ignore[attr-defined]
+    raw = model.model_json_schema(mode=mode, schema_generator=_WithFactoryDefaults)  # type: ignore[attr-defined]
     return _convert(raw, raw.get("$defs", {}), model.__name__)
 
 

@@ -262,6 +262,11 @@ def validate(run: Run) -> list[str]:
                     f"spec.training: {e} (nodes {s.resources.nodes} x gpusPerNode "
                     f"{s.resources.gpusPerNode})"
                 )
+    if s.training.microBatch > s.training.globalBatch:
+        problems.append(
+            f"spec.training.microBatch {s.training.microBatch} exceeds globalBatch "
+            f"{s.training.globalBatch}"
+        )
     if s.training.minLr > s.training.lr:
         problems.append(f"spec.training.minLr {s.training.minLr} exceeds lr {s.training.lr}")
     seqs = sequences_per_epoch(s.data.uniqueTokens, s.model.seqLen)
@@ -286,6 +291,4 @@ def validate(run: Run) -> list[str]:
         )
     if s.scheduling.kueue and s.scheduling.volcano:
         problems.append("spec.scheduling: choose one of kueue and volcano")
-    if s.model.preset is None and s.model.dim and s.model.heads and s.model.dim % s.model.heads:
-        pass  # reported through TrainConfig above
     return problems

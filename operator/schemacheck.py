@@ -103,7 +103,10 @@ def cel_errors(schema: dict[str, Any], obj: Any, old: Any = None, *, path: str =
         activation = {"self": celpy.json_to_cel(obj)}
         if uses_old:
             activation["oldSelf"] = celpy.json_to_cel(old)
-        result = _program(rule).evaluate(activation)
+        try:
+            result = _program(rule).evaluate(activation)
+        except Exception as e:  # the API server reports evaluation errors as invalid too
+            result = e
         if isinstance(result, Exception) or not bool(result):
             errors.append(f"{path or '<root>'}: {v.get('message') or rule}")
     if isinstance(obj, dict):

@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from .harness import cluster, kube, kubeconfig, operator_env, services  # noqa: F401
+
 # The operator's progress timer, read when diffar.operator.handlers is first imported.
 os.environ["DIFFAR_PROGRESS_INTERVAL"] = "0.3"
 
@@ -65,3 +67,8 @@ MINIMAL_DIFFUSION = {
 def manifest() -> dict:
     """A small valid DiffusionRun manifest; tests mutate their own copy."""
     return copy.deepcopy(MINIMAL_DIFFUSION)
+
+
+def pytest_configure(config):
+    # kubernetes 36 on urllib3 1.26 warns on every error response; not ours to fix.
+    config.addinivalue_line("filterwarnings", "ignore:HTTPResponse.getheaders:DeprecationWarning")
