@@ -90,7 +90,9 @@ class DataConfig(_Strict):
     train_uri: str = Field(
         ..., description="Token shards: a path, file:// or s3:// URI of a dataset manifest dir"
     )
-    val_uri: str | None = Field(None, description="Validation shards (evaluation only)")
+    val_uri: str | None = Field(
+        None, description="Validation shards: periodic validation loss, and the evaluator's data"
+    )
     unique_tokens: int | None = Field(
         None, ge=2, description="Use the first U tokens of the training set (default: all of it)"
     )
@@ -132,6 +134,14 @@ class CheckpointConfig(_Strict):
     keep: int = Field(3, ge=1, description="Keep the newest N checkpoints")
 
 
+class ValidationConfig(_Strict):
+    interval: int | None = Field(
+        None, ge=1, description="Validation loss every N steps and at the end (needs data.val_uri)"
+    )
+    max_tokens: int = Field(262_144, ge=2, description="Validate on the first N validation tokens")
+    batch_size: int = Field(8, ge=1, description="Sequences per validation forward pass")
+
+
 class MetricsConfig(_Strict):
     port: int | None = Field(
         9400, ge=0, le=65535, description="Prometheus port on rank 0 (null: off)"
@@ -159,7 +169,14 @@ class TrainConfig(_Strict):
     zero_stage: int = Field(1, ge=0, le=3, description="DeepSpeed ZeRO stage")
     seed: int = Field(1234, ge=0)
     checkpoint: CheckpointConfig = CheckpointConfig()
+    validation: ValidationConfig = ValidationConfig()
     metrics: MetricsConfig = MetricsConfig()
+
+    @model_validator(mode="after")
+    def _validation_needs_data(self) -> TrainConfig:
+        if self.validation.interval is not None and not self.data.val_uri:
+            raise ValueError("validation.interval is set but data.val_uri is not")
+        return self
 
     def check_world_size(self, world_size: int) -> None:
         per_rank, rem = divmod(self.global_batch, world_size)

@@ -28,6 +28,7 @@ METRIC_NAMES = (
     "diffar_train_mfu",
     "diffar_train_grad_norm",
     "diffar_train_last_checkpoint_timestamp_seconds",
+    "diffar_train_val_loss",
 )
 
 
@@ -87,6 +88,10 @@ class TrainMetrics:
         self.grad_norm = gauge("diffar_train_grad_norm", "Global gradient norm before clipping")
         self.last_ckpt = gauge(
             "diffar_train_last_checkpoint_timestamp_seconds", "Unix time of the last checkpoint"
+        )
+        self.val_loss = gauge(
+            "diffar_train_val_loss",
+            "Validation loss (AR NLL, MDM ELBO bound) at the last validation",
         )
         self.port = None
         if port is not None:

@@ -17,7 +17,8 @@ from diffar.trainer.model import Transformer
 from diffar.trainer.objectives import build_objective
 from diffar.trainer.plan import RunPlan, plan_run
 from diffar.trainer.sampler import EpochSampler
-from diffar.trainer.shards import load_tokens
+from diffar.trainer.shards import load_tokens, read_manifest
+from diffar.trainer.validation import validation_loss, validation_windows
 
 
 def load_unique_tokens(cfg: TrainConfig):
@@ -31,6 +32,19 @@ def load_unique_tokens(cfg: TrainConfig):
         vocab_size=cfg.model.vocab_size,
     )
     return load_tokens(directory, cfg.data.unique_tokens)
+
+
+def load_validation_windows(cfg: TrainConfig) -> torch.Tensor | None:
+    if cfg.validation.interval is None:
+        return None
+    from diffar.trainer.storage import resolve_dataset
+
+    directory = resolve_dataset(
+        cfg.data.val_uri, cfg.data.cache_dir, vocab_size=cfg.model.vocab_size
+    )
+    total = read_manifest(directory).total_tokens
+    tokens = load_tokens(directory, min(total, cfg.validation.max_tokens))
+    return validation_windows(tokens, cfg.model.seq_len)
 
 
 def step_seed(seed: int, step: int, rank: int, micro: int) -> int:
@@ -79,6 +93,7 @@ def train(cfg: TrainConfig) -> RunPlan:
             f"{plan.total_steps} steps on {env.world_size} rank(s), {resumed}{where}"
         )
 
+    val_windows = load_validation_windows(cfg)
     micro = cfg.micro_batch_for(env.world_size)
     tokens_per_step = plan.tokens_per_step
     peak = peak_flops(env.device) * env.world_size
@@ -104,9 +119,11 @@ def train(cfg: TrainConfig) -> RunPlan:
         pending.append((step, step_loss / (len(batch) // micro), lr))
 
         last = step == plan.total_steps
+        validate_now = val_windows is not None and (step % cfg.validation.interval == 0 or last)
         if (
             step % cfg.metrics.log_interval == 0
             or last
+            or validate_now
             or (ckpt_dir and step % cfg.checkpoint.interval == 0)
         ):
             losses = _mean_over_ranks(torch.stack([loss for _, loss, _ in pending]), env)
@@ -135,6 +152,29 @@ def train(cfg: TrainConfig) -> RunPlan:
                     ]
                 )
             pending, window_start, window_steps = [], time.perf_counter(), 0
+
+        if validate_now:
+            total = validation_loss(
+                engine,
+                objective,
+                val_windows,
+                cfg.validation.batch_size,
+                env.rank,
+                env.world_size,
+                env.device,
+            )
+            if env.world_size > 1:
+                import deepspeed
+
+                deepspeed.comm.all_reduce(total)
+            if env.is_main:
+                val = float(total[0] / total[1])
+                metrics.val_loss.set(val)
+                loss_log.write([{"step": step, "epoch": sampler.epoch, "val_loss": val}])
+                progress.message(
+                    f"step {step} epoch {sampler.epoch:.2f}: validation loss {val:.4f}"
+                )
+            window_start = time.perf_counter()  # validation time is not training throughput
 
         if ckpt_dir and (step % cfg.checkpoint.interval == 0 or last):
             position = checkpoint.RunPosition(

@@ -14,10 +14,18 @@ VOCAB = 128
 
 
 @pytest.fixture(scope="session")
-def markov_dataset(tmp_path_factory) -> Path:
-    return write_dataset(
-        tmp_path_factory.mktemp("data") / "train", markov_tokens(20_000, VOCAB), VOCAB
+def markov_splits(tmp_path_factory) -> tuple[Path, Path]:
+    tokens = markov_tokens(24_000, VOCAB)  # one chain: validation follows the same process
+    root = tmp_path_factory.mktemp("data")
+    return (
+        write_dataset(root / "train", tokens[:20_000], VOCAB),
+        write_dataset(root / "val", tokens[20_000:], VOCAB),
     )
+
+
+@pytest.fixture(scope="session")
+def markov_dataset(markov_splits) -> Path:
+    return markov_splits[0]
 
 
 def free_port() -> int:

@@ -21,8 +21,12 @@ REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
 
 
+def rows(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
 def losses(path: Path) -> list[float]:
-    return [json.loads(line)["loss"] for line in path.read_text().splitlines()]
+    return [row["loss"] for row in rows(path) if "loss" in row]
 
 
 def assert_loss_falls(path: Path, steps: int, factor: float = 0.85) -> None:
@@ -218,3 +222,26 @@ def test_resume_refuses_a_checkpoint_of_another_run(write_config, tmp_path):
     assert changed.returncode == 2
     assert "holds a checkpoint of a different run (changed: epochs, optim.lr)" in changed.stderr
     assert "Traceback" not in changed.stderr
+
+
+def test_periodic_validation_loss(write_config, tmp_path, markov_splits):
+    cfg = write_config(
+        objective="mdm",
+        data={"train_uri": str(markov_splits[0]), "val_uri": str(markov_splits[1])},
+        validation={"interval": 50, "max_tokens": 2000},
+    )
+    result = run(diffar_cmd("train", "--config", str(cfg)))
+    assert result.returncode == 0, result.stderr[-3000:]
+    val = [row for row in rows(tmp_path / "loss.jsonl") if "val_loss" in row]
+    assert [row["step"] for row in val] == [50, 100, 150, 156]
+    assert val[-1]["epoch"] == pytest.approx(4.0)
+    assert val[-1]["val_loss"] < val[0]["val_loss"] < 6.0
+    assert "validation loss" in result.stdout
+    assert len(losses(tmp_path / "loss.jsonl")) == 156
+
+
+def test_validation_needs_val_uri(write_config):
+    cfg = write_config(validation={"interval": 5})
+    result = run(diffar_cmd("train", "--config", str(cfg)))
+    assert result.returncode == 2
+    assert "validation.interval is set but data.val_uri is not" in result.stderr
