@@ -88,7 +88,9 @@ def render(image: str) -> str:
     pins = closure(IMAGES[image], BASE_PROVIDED if image != "operator" else set())
     lines = [HEADER.format(image=image)]
     if image != "operator":
-        lines.append(f"# from the base image; pinned so that pip never replaces it\ntorch=={TORCH_VERSION}\n")
+        lines.append(
+            f"# from the base image; pinned so that pip never replaces it\ntorch=={TORCH_VERSION}\n"
+        )
     lines += [f"{name}=={version}\n" for name, version in sorted(pins.items())]
     return "".join(lines)
 
