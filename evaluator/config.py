@@ -1,0 +1,99 @@
+"""Typed evaluation configuration: what `diffar eval --config FILE` reads (YAML or JSON).
+
+Light on imports (pydantic only) so the operator can render it into the eval Job's ConfigMap.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from diffar.trainer.errors import UserError
+
+DEFAULT_TASKS = (
+    "arc_easy",
+    "boolq",
+    "copa",
+    "hellaswag",
+    "piqa",
+    "winogrande",
+    "sciq",
+    "lambada",
+)
+
+
+class EvalConfigError(UserError):
+    """An eval config that cannot describe an evaluation."""
+
+
+class EvalConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    model_uri: str = Field(
+        ...,
+        description="Trained model: a checkpoint dir holding export/model.pt, or the model.pt "
+        "itself (path, file:// or s3://)",
+    )
+    name: str | None = Field(None, description="Run name (default: the training config's)")
+    data_uri: str | None = Field(
+        None, description="Validation shards (default: the training config's data.val_uri)"
+    )
+    val_sequences: int | None = Field(
+        256, ge=1, description="Validation windows of seq_len+1 tokens to score (null: all)"
+    )
+    samples: int = Field(32, ge=1, description="Monte Carlo samples per sequence for MDM ELBOs")
+    stratified: bool = Field(True, description="Stratified t across the samples (else i.i.d.)")
+    chain_rule_sequences: int = Field(
+        8, ge=0, description="Validation windows for the MDM chain-rule NLL (L passes each; 0: off)"
+    )
+    tasks: list[str] = Field(
+        list(DEFAULT_TASKS), description="Downstream tasks, or paths of JSONL task files"
+    )
+    limit: int | None = Field(None, ge=1, description="At most N instances per task")
+    mdm_scoring: Literal["elbo", "chain_rule"] = Field(
+        "elbo", description="How an MDM scores an answer: Monte Carlo ELBO or exact chain rule"
+    )
+    batch_size: int = Field(16, ge=1, description="Rows per forward pass")
+    device: str = Field("auto", description="auto (cuda when available), cpu, cuda, cuda:1, ...")
+    tokenizer: str | None = Field(
+        None, description="gpt2 or bytes (default: implied by the model's vocabulary)"
+    )
+    output_uri: str | None = Field(
+        None, description="Where results.json goes (default: next to the checkpoint)"
+    )
+    pushgateway: str | None = Field(
+        None, description="Prometheus Pushgateway URL (default: $DIFFAR_PUSHGATEWAY_URL; none: off)"
+    )
+    seed: int = Field(0, ge=0)
+    progress: bool = Field(True, description="Progress bars on stderr")
+    cache_dir: str = Field(".diffar-cache", description="Local cache for remote files")
+
+
+def parse_eval_config(raw: dict) -> EvalConfig:
+    try:
+        return EvalConfig.model_validate(raw)
+    except ValidationError as e:
+        msgs = [
+            f"{'.'.join(str(p) for p in err['loc']) or 'config'}: {err['msg']}"
+            for err in e.errors()
+        ]
+        raise EvalConfigError("invalid eval config: " + "; ".join(msgs)) from None
+
+
+def load_eval_raw(path: str | Path) -> dict:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise EvalConfigError(f"cannot read eval config {path}: {e.strerror}") from None
+    try:
+        raw = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as e:
+        raise EvalConfigError(f"{path} is not valid YAML/JSON: {e}") from None
+    if not isinstance(raw, dict):
+        raise EvalConfigError(f"{path} must hold a mapping of eval config fields")
+    return raw

@@ -1,0 +1,241 @@
+"""One evaluation, top to bottom: load the model, validation loss, tasks, results.json, push.
+
+results.json (format "diffar-results/v1") holds the run's identity and size (run, objective,
+params, unique_tokens, epochs, tokens_seen, flops), `loss` (the headline validation loss: AR's
+exact NLL, MDM's ELBO, as the paper compares them, with `loss_estimator` naming it), every
+validation estimator with its standard error and bits per byte, and every task's accuracies with
+their standard errors. `diffar fit` reads these files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import torch
+
+from diffar.evaluator.config import EvalConfig
+from diffar.trainer.errors import UserError
+
+RESULTS_FORMAT = "diffar-results/v1"
+RESULTS_NAME = "results.json"
+
+
+class _Autocast(torch.nn.Module):
+    """Runs the model under bf16 autocast on CUDA; logits stay fp32."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            return self.model(tokens).float()
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"device {name!r} asked for, but CUDA is not available here")
+    return dev
+
+
+def default_output_uri(model_uri: str) -> str:
+    """results.json next to the checkpoint: in the checkpoint dir (the one holding export/)."""
+    uri = model_uri.rstrip("/")
+    if not uri.endswith(".pt"):
+        return f"{uri}/{RESULTS_NAME}"
+    parent = uri.rsplit("/", 1)[0] if "/" in uri else "."
+    if parent.rsplit("/", 1)[-1] == "export":
+        parent = parent.rsplit("/", 1)[0] if "/" in parent else "."
+    return f"{parent}/{RESULTS_NAME}"
+
+
+def fetch_model(model_uri: str, cache_dir: str) -> Path:
+    """A local path for the model (a remote model.pt is downloaded into the cache)."""
+    from diffar.trainer.storage import is_remote, local_path, open_store
+
+    if not is_remote(model_uri):
+        return local_path(model_uri)
+    uri = model_uri.rstrip("/")
+    root, key = (uri.rsplit("/", 1)) if uri.endswith(".pt") else (uri, "export/model.pt")
+    dest = Path(cache_dir) / "models" / hashlib.sha256(uri.encode()).hexdigest()[:16] / "model.pt"
+    open_store(root).get_file(key, dest)
+    return dest
+
+
+def write_output(uri: str, data: bytes) -> str:
+    from diffar.trainer.storage import open_store
+
+    uri = uri.rstrip("/")
+    if not uri.endswith(".json"):
+        uri = f"{uri}/{RESULTS_NAME}"
+    root, key = uri.rsplit("/", 1) if "/" in uri else (".", uri)
+    open_store(root or "/").put_bytes(key, data)
+    return uri
+
+
+def _unique_tokens(train_cfg, tokens_seen: int, epoch: float) -> int | None:
+    if train_cfg.data.unique_tokens:
+        return int(train_cfg.data.unique_tokens)
+    try:
+        from diffar.trainer.storage import read_manifest_uri
+
+        return int(read_manifest_uri(train_cfg.data.train_uri).total_tokens)
+    except (UserError, OSError, ImportError):
+        return int(tokens_seen / epoch) if epoch else None
+
+
+def evaluate(cfg: EvalConfig, log=None) -> dict:
+    """Run the evaluation `cfg` describes; writes results.json (and pushes) and returns it."""
+    from diffar.evaluator.downstream import score_task
+    from diffar.evaluator.tasks import load_task
+    from diffar.evaluator.tokenizers import get_tokenizer, tokenizer_for_vocab
+    from diffar.evaluator.validation import evaluate_validation
+    from diffar.trainer.export import load_export
+    from diffar.trainer.model import count_parameters, flops_per_token
+
+    log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    started = time.time()
+    device = resolve_device(cfg.device)
+    exported = load_export(fetch_model(cfg.model_uri, cfg.cache_dir), device=device)
+    tcfg = exported.config
+    model = exported.model
+    runner = _Autocast(model) if device.type == "cuda" else model
+    tok = get_tokenizer(cfg.tokenizer or tokenizer_for_vocab(tcfg.model.vocab_size))
+    if tok.vocab_size != tcfg.model.vocab_size:
+        raise UserError(
+            f"tokenizer {tok.name!r} has vocab {tok.vocab_size} but the model has "
+            f"{tcfg.model.vocab_size}"
+        )
+    name = cfg.name or tcfg.name
+    objective = tcfg.objective
+    mask_id = tcfg.model.mask_token_id
+    eps = tcfg.diffusion.mask_eps
+    log(
+        f"diffar eval {name}: {objective} model, step {exported.step}, "
+        f"{exported.tokens_seen:,} tokens seen, on {device}"
+    )
+
+    validation: dict = {}
+    data_uri = cfg.data_uri or tcfg.data.val_uri
+    if data_uri:
+        from diffar.trainer.shards import load_tokens, read_manifest
+        from diffar.trainer.storage import resolve_dataset
+
+        want = None if cfg.val_sequences is None else cfg.val_sequences * tcfg.model.seq_len + 1
+        directory = resolve_dataset(data_uri, cfg.cache_dir, vocab_size=tcfg.model.vocab_size)
+        total = read_manifest(directory).total_tokens
+        tokens = load_tokens(directory, None if want is None else min(want, total))
+        estimates = evaluate_validation(
+            runner,
+            objective,
+            tokens,
+            seq_len=tcfg.model.seq_len,
+            vocab_size=tok.vocab_size,
+            token_bytes=tok.token_bytes(),
+            mask_id=mask_id,
+            samples=cfg.samples,
+            eps=eps,
+            max_sequences=cfg.val_sequences,
+            chain_rule_sequences=cfg.chain_rule_sequences,
+            stratified=cfg.stratified,
+            batch_size=cfg.batch_size,
+            device=device,
+            seed=cfg.seed,
+            show_progress=cfg.progress,
+        )
+        validation = {k: v.to_dict() for k, v in estimates.items()}
+        for k, v in estimates.items():
+            log(
+                f"  val {k}: {v.loss:.4f} ± {v.stderr:.4f} nats/token, "
+                f"{v.bits_per_byte:.4f} bits/byte ({v.sequences} sequences)"
+            )
+    else:
+        log("  no validation data (set data_uri or the training config's data.val_uri): skipped")
+
+    tasks: dict = {}
+    for task_name in cfg.tasks:
+        task = load_task(task_name, cfg.limit)
+        res = score_task(
+            runner,
+            objective,
+            task,
+            tok,
+            seq_len=tcfg.model.seq_len,
+            mask_id=mask_id,
+            scoring=cfg.mdm_scoring,
+            samples=cfg.samples,
+            eps=eps,
+            batch_size=cfg.batch_size,
+            seed=cfg.seed,
+            show_progress=cfg.progress,
+        )
+        res["scoring"] = "exact" if objective == "ar" else cfg.mdm_scoring
+        tasks[task.name] = res
+        norm = f", acc_norm {res['acc_norm']:.4f}" if "acc_norm" in res else ""
+        log(f"  {task.name}: acc {res['acc']:.4f} ± {res['acc_stderr']:.4f}{norm} (n={res['n']})")
+
+    primary = "nll" if objective == "ar" else "elbo"
+    unique = _unique_tokens(tcfg, exported.tokens_seen, exported.epoch)
+    results = {
+        "format": RESULTS_FORMAT,
+        "run": name,
+        "objective": objective,
+        "params": count_parameters(tcfg.model),
+        "unique_tokens": unique,
+        "epochs": float(exported.epoch),
+        "epochs_planned": float(tcfg.epochs),
+        "step": exported.step,
+        "tokens_seen": exported.tokens_seen,
+        "flops": flops_per_token(tcfg.model) * exported.tokens_seen,
+        "loss": validation.get(primary, {}).get("loss"),
+        "loss_stderr": validation.get(primary, {}).get("stderr"),
+        "loss_estimator": primary,
+        "validation": validation,
+        "tasks": tasks,
+        "model_uri": cfg.model_uri,
+        "data_uri": data_uri,
+        "tokenizer": tok.name,
+        "device": str(device),
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "eval_seconds": round(time.time() - started, 3),
+        "config": cfg.model_dump(mode="json"),
+    }
+    out = write_output(
+        cfg.output_uri or default_output_uri(cfg.model_uri),
+        json.dumps(_finite(results), indent=2).encode(),
+    )
+    results["results_uri"] = out
+    log(f"  results: {out}")
+
+    gateway = cfg.pushgateway or _env_gateway()
+    if gateway:
+        from diffar.evaluator.pushgateway import push_results
+
+        push_results(results, gateway)
+        log(f"  pushed to {gateway} (job=diffar-eval, run={name})")
+    return results
+
+
+def _env_gateway() -> str | None:
+    import os
+
+    return os.environ.get("DIFFAR_PUSHGATEWAY_URL") or None
+
+
+def _finite(obj):
+    """JSON has no NaN: a standard error of one sample is written as null."""
+    if isinstance(obj, float):
+        return obj if obj == obj and abs(obj) != float("inf") else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_finite(v) for v in obj]
+    return obj
