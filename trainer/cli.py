@@ -84,9 +84,30 @@ def _register_data(sub: argparse._SubParsersAction) -> None:
         default="file",
         help="what one document is in plain-text inputs (default: the whole file)",
     )
+    prep.add_argument(
+        "--tokenizer",
+        default="gpt2",
+        help="gpt2 (default), or a tokenizer.json from `diffar data tokenizer`",
+    )
     prep.add_argument("--overwrite", action="store_true", help="replace an existing dataset")
     prep.add_argument("--quiet", action="store_true", help="no progress output")
     prep.set_defaults(handler=_data_prepare)
+
+    bpe = data_sub.add_parser(
+        "tokenizer",
+        help="learn a small byte-level BPE from text (for tiny models)",
+        description="Learn a byte-level BPE of --vocab-size ids (end-of-document included) from "
+        "the inputs and write a tokenizer.json for `data prepare --tokenizer`. Use --max-chars "
+        "to learn only from the start of the stream, where the training set comes from.",
+    )
+    bpe.add_argument("inputs", nargs="+", metavar="INPUT", help="input files, in stream order")
+    bpe.add_argument("--out", required=True, help="tokenizer.json to write")
+    bpe.add_argument("--vocab-size", type=int, default=4096, help="ids in all (default 4096)")
+    bpe.add_argument("--max-chars", default=None, help="learn from the first N characters only")
+    bpe.add_argument(
+        "--text-unit", choices=("file", "paragraph", "line"), default="file", help="as for prepare"
+    )
+    bpe.set_defaults(handler=_data_tokenizer)
 
     insp = data_sub.add_parser(
         "inspect",
@@ -112,8 +133,38 @@ def _data_prepare(args: argparse.Namespace) -> int:
         text_unit=args.text_unit,
         overwrite=args.overwrite,
         progress=not args.quiet,
+        tokenizer=args.tokenizer,
     )
     print(result.summary())
+    return 0
+
+
+def _data_tokenizer(args: argparse.Namespace) -> int:
+    import itertools
+    from pathlib import Path
+
+    from diffar.trainer.bpe import BPETokenizer, train_bpe
+    from diffar.trainer.prepare import iter_documents, parse_count
+
+    budget = parse_count(args.max_chars) if args.max_chars else None
+
+    def texts():
+        seen = 0
+        for doc in iter_documents(args.inputs, args.text_unit):
+            if budget is not None and seen >= budget:
+                return
+            doc = doc if budget is None else doc[: budget - seen]
+            seen += len(doc)
+            yield doc
+
+    sample = list(itertools.islice(texts(), 1))
+    if not sample:
+        from diffar.trainer.prepare import PrepareError
+
+        raise PrepareError("the inputs hold no text to learn a tokenizer from")
+    path = train_bpe(texts(), args.vocab_size, Path(args.out))
+    tok = BPETokenizer.from_file(path)
+    print(f"wrote {path}: byte-level BPE {tok.name}, vocab {tok.vocab_size}, EOD id {tok.eod_id}")
     return 0
 
 

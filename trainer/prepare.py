@@ -38,6 +38,7 @@ from diffar.trainer.errors import UserError
 from diffar.trainer.shards import Manifest, ShardInfo, dtype_for_vocab
 
 DEFAULT_SHARD_TOKENS = 64 * 1024 * 1024
+TOKENIZER_FILE = "tokenizer.json"
 TEXT_UNITS = ("file", "paragraph", "line")
 
 
@@ -129,9 +130,13 @@ def _text_documents(path: Path, text_unit: str) -> Iterator[str]:
 
 
 def iter_token_batches(
-    documents: Iterable[str], batch_chars: int = 4 << 20, num_threads: int | None = None
+    documents: Iterable[str],
+    batch_chars: int = 4 << 20,
+    num_threads: int | None = None,
+    encoder=None,
 ) -> Iterator[list[list[int]]]:
     """Tokenized documents (each ending with EOD), in batches of about `batch_chars` characters."""
+    encoder = encoder or tok.GPT2Tokenizer()
     batch: list[str] = []
     size = 0
     for doc in documents:
@@ -140,10 +145,10 @@ def iter_token_batches(
         batch.append(doc)
         size += len(doc)
         if size >= batch_chars:
-            yield tok.encode_documents(batch, num_threads=num_threads)
+            yield encoder.encode_documents(batch, num_threads=num_threads)
             batch, size = [], 0
     if batch:
-        yield tok.encode_documents(batch, num_threads=num_threads)
+        yield encoder.encode_documents(batch, num_threads=num_threads)
 
 
 # ---------------------------------------------------------------- writing datasets
@@ -282,6 +287,7 @@ def prepare(
     progress: bool = True,
     num_threads: int | None = None,
     storage_options: dict | None = None,
+    tokenizer: str = tok.NAME,
 ) -> PrepareResult:
     """Tokenize `inputs` into OUT/train (the first `unique_tokens`) and OUT/val (see module doc)."""
     from diffar.trainer import storage
@@ -301,6 +307,7 @@ def prepare(
         if p.is_dir():
             raise PrepareError(f"{p}: is a directory; pass the files in it (e.g. {p}/*.jsonl)")
 
+    encoder = tok.load_tokenizer(tokenizer)
     out_uri = str(out).rstrip("/")
     writers = {"train": storage.dataset_writer(storage.join(out_uri, "train"), storage_options)}
     if val_tokens > 0:
@@ -308,7 +315,7 @@ def prepare(
     for w in writers.values():
         w.begin(overwrite=overwrite)
 
-    dtype = dtype_for_vocab(tok.VOCAB_SIZE)
+    dtype = dtype_for_vocab(encoder.vocab_size)
     buffers = {name: _ShardBuffer(shard_tokens, dtype, w.put_shard) for name, w in writers.items()}
     docs = {name: 0 for name in writers}
     want = {"train": unique_tokens, "val": val_tokens}
@@ -322,7 +329,7 @@ def prepare(
     total_docs = 0
     counting = _CharCounter(iter_documents(inputs, text_unit))
     try:
-        for batch in iter_token_batches(counting, num_threads=num_threads):
+        for batch in iter_token_batches(counting, num_threads=num_threads, encoder=encoder):
             for ids in batch:
                 tokenized += len(ids)
                 if split == "train":
@@ -386,10 +393,13 @@ def prepare(
     for name, w in writers.items():
         buf = buffers[name]
         buf.flush()
+        if encoder.name != tok.NAME:
+            # A trained BPE travels with its dataset, so every later step reads the same one.
+            w.store.put_bytes(TOKENIZER_FILE, Path(tokenizer).read_bytes())
         manifest = Manifest(
-            tokenizer=tok.NAME,
-            vocab_size=tok.VOCAB_SIZE,
-            eod_id=tok.EOD_ID,
+            tokenizer=encoder.name,
+            vocab_size=encoder.vocab_size,
+            eod_id=encoder.eod_id,
             total_tokens=buf.total,
             documents=docs[name],
             shards=tuple(buf.shards),

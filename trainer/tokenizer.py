@@ -132,3 +132,43 @@ def encode_documents(texts: list[str], num_threads: int | None = None) -> list[l
     for ids in out:
         ids.append(EOD_ID)
     return out
+
+
+class GPT2Tokenizer:
+    """GPT-2 BPE behind the same small interface as `bpe.BPETokenizer`."""
+
+    name = NAME
+    vocab_size = VOCAB_SIZE
+    eod_id = EOD_ID
+
+    def encode(self, text: str) -> list[int]:
+        return encode(text)
+
+    def encode_documents(self, texts: list[str], num_threads: int | None = None) -> list[list[int]]:
+        return encode_documents(texts, num_threads=num_threads)
+
+    def decode(self, ids: list[int]) -> str:
+        return gpt2().decode([i for i in ids if i != EOD_ID])
+
+    def token_bytes(self):
+        import numpy as np
+
+        enc = gpt2()
+        out = np.array(
+            [len(enc.decode_single_token_bytes(i)) for i in range(VOCAB_SIZE)], dtype=np.int64
+        )
+        out[EOD_ID] = 1  # the document separator it stands for
+        return out
+
+
+def load_tokenizer(spec: str = NAME):
+    """'gpt2', or the path of a byte-level BPE `tokenizer.json` (see `diffar.trainer.bpe`)."""
+    if spec == NAME:
+        return GPT2Tokenizer()
+    if spec.endswith(".json"):
+        from diffar.trainer.bpe import BPETokenizer
+
+        if not Path(spec).is_file():
+            raise TokenizerError(f"{spec}: tokenizer file does not exist")
+        return BPETokenizer.from_file(spec)
+    raise TokenizerError(f"unknown tokenizer {spec!r}: use 'gpt2' or a path to a tokenizer.json")
