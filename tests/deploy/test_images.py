@@ -1,0 +1,316 @@
+"""The Dockerfile: no base image can be pulled here, so the images are linted and checked, not built.
+
+- hadolint passes;
+- each final target (operator, trainer, evaluator) runs as a non-root user, carries the OCI
+  labels, and has an entrypoint that is a real command of the package;
+- every file the Dockerfile copies from the build context exists and .dockerignore lets it in;
+- the per-image requirements are what images/lock.py makes from the pinned environment, and the
+  operator's command needs none of the trainer's packages;
+- the trainer entrypoint's torchrun line is the one the operator's PyTorchJob runs.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+import shlex
+import subprocess
+import sys
+
+import pytest
+
+from .conftest import ROOT, run
+
+DOCKERFILE = ROOT / "Dockerfile"
+TARGETS = ("operator", "trainer", "evaluator")
+OCI_LABELS = (
+    "title",
+    "description",
+    "source",
+    "licenses",
+    "version",
+    "revision",
+    "created",
+)
+
+
+def instructions() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) of the Dockerfile, continuation lines joined."""
+    text = re.sub(r"\\\n", " ", DOCKERFILE.read_text())
+    out = []
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        word, _, rest = line.partition(" ")
+        out.append((word.upper(), rest.strip()))
+    return out
+
+
+def stages() -> dict[str, list[tuple[str, str]]]:
+    out: dict[str, list[tuple[str, str]]] = {}
+    current = None
+    for word, rest in instructions():
+        if word == "FROM":
+            m = re.match(r"(\S+)(?:\s+AS\s+(\S+))?", rest, re.IGNORECASE)
+            current = m.group(2) or m.group(1)
+            out[current] = [(word, rest)]
+        elif current is not None:
+            out[current].append((word, rest))
+    return out
+
+
+def effective(stage: str, word: str) -> str | None:
+    """The last value of an instruction in a stage, following FROM <stage> chains."""
+    chain = stages()
+    value = None
+    seen = stage
+    lineage = []
+    while seen in chain:
+        lineage.append(seen)
+        base = chain[seen][0][1].split()[0]
+        seen = base
+    for name in reversed(lineage):
+        for w, rest in chain[name]:
+            if w == word:
+                value = rest
+    return value
+
+
+def test_hadolint_passes(hadolint):
+    run([hadolint, "--failure-threshold", "info", str(DOCKERFILE)])
+
+
+def test_hadolint_is_not_vacuous(hadolint, tmp_path):
+    bad = tmp_path / "Dockerfile"
+    bad.write_text("FROM python:latest\nRUN pip install requests\n")
+    proc = subprocess.run([hadolint, str(bad)], capture_output=True, text=True)
+    assert proc.returncode != 0 and "DL3007" in proc.stdout
+
+
+def test_the_three_targets_exist():
+    assert set(TARGETS) <= set(stages())
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_targets_run_as_non_root_with_labels(target):
+    user = effective(target, "USER")
+    assert user and user.split(":")[0] not in ("0", "root"), user
+    labels = " ".join(rest for w, rest in stages()[target] if w == "LABEL")
+    for key in OCI_LABELS:
+        assert f"org.opencontainers.image.{key}=" in labels, key
+
+
+def test_base_images_are_pinned():
+    for word, rest in instructions():
+        if word == "ARG" and rest.split("=")[0].endswith("_IMAGE"):
+            image = rest.split("=", 1)[1]
+            assert ":" in image and not image.endswith(":latest"), image
+            assert re.search(r":\d", image), f"{image}: pin a version tag (or a digest)"
+
+
+def _dockerignore_allows(path: str) -> bool:
+    allowed = True
+    for pattern in (ROOT / ".dockerignore").read_text().splitlines():
+        pattern = pattern.strip()
+        if not pattern or pattern.startswith("#"):
+            continue
+        negate = pattern.startswith("!")
+        pattern = pattern.lstrip("!").rstrip("/")
+        parts = path.split("/")
+        prefixes = ["/".join(parts[: i + 1]) for i in range(len(parts))]
+        if any(
+            fnmatch.fnmatch(p, pattern) or fnmatch.fnmatch(p, pattern.replace("**/", ""))
+            for p in prefixes
+        ):
+            allowed = negate
+    return allowed
+
+
+def copied_sources() -> list[str]:
+    out = []
+    for word, rest in instructions():
+        if word not in ("COPY", "ADD"):
+            continue
+        args = [a for a in shlex.split(rest) if not a.startswith("--")]
+        if re.search(r"--from=", rest):
+            continue
+        out += args[:-1]
+    return out
+
+
+def test_every_copied_file_exists_and_is_in_the_context():
+    sources = copied_sources()
+    assert "images/trainer/entrypoint.sh" in sources
+    for src in sources:
+        path = ROOT / src
+        assert path.exists(), f"COPY {src}: no such file"
+        assert _dockerignore_allows(src.rstrip("/")), f"COPY {src}: excluded by .dockerignore"
+        if path.is_dir():
+            for f in path.rglob("*.py"):
+                rel = f.relative_to(ROOT).as_posix()
+                assert _dockerignore_allows(rel), rel
+    # Nothing secret or bulky gets into the context.
+    for rel in (".venv/bin/python", ".git/config", "tests/conftest.py", ".tools/bin/helm"):
+        assert not _dockerignore_allows(rel), rel
+
+
+def test_package_sources_are_copied():
+    """The wheel stage copies every folder the package maps (pyproject's package-dir)."""
+    import tomllib
+
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    dirs = set(pyproject["tool"]["setuptools"]["package-dir"].values())
+    copied = {s.rstrip("/") for s in copied_sources()}
+    assert dirs <= copied
+    assert "pyproject.toml" in copied and pyproject["project"]["readme"] in copied
+
+
+def _exec_form(value: str) -> list[str]:
+    import json
+
+    return json.loads(value)
+
+
+def _diffar_commands() -> set[str]:
+    from diffar.operator.cli import build_parser
+
+    parser = build_parser()
+    (sub,) = [a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction"]
+    return set(sub.choices)
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_entrypoints_are_real_commands(target):
+    entrypoint = _exec_form(effective(target, "ENTRYPOINT"))
+    cmd = _exec_form(effective(target, "CMD"))
+    commands = _diffar_commands()
+    if entrypoint == ["diffar"]:
+        assert cmd[0] in commands, cmd
+        # The default arguments parse.
+        from diffar.operator.cli import build_parser
+
+        build_parser().parse_args(cmd)
+    else:
+        assert entrypoint == ["diffar-trainer"]
+        copies = [rest for w, rest in stages()[target] if w == "COPY"]
+        assert any(
+            "images/trainer/entrypoint.sh /usr/local/bin/diffar-trainer" in c for c in copies
+        )
+        assert cmd[0] in commands
+
+
+def test_pyproject_script_is_the_cli():
+    import tomllib
+
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    assert scripts["diffar"] == "diffar.operator.cli:main"
+
+
+def test_entrypoint_script_is_valid_bash_and_matches_the_pytorchjob():
+    script = ROOT / "images" / "trainer" / "entrypoint.sh"
+    run(["bash", "-n", str(script)])
+    assert script.stat().st_mode & 0o111
+    from diffar.operator.builders import trainer_command
+
+    command, args = trainer_command()
+    text = script.read_text()
+    assert command == ["torchrun"] and "exec torchrun" in text
+    # The builder's $(PET_X) references are the script's ${PET_X} ones, flag for flag.
+    for arg in args:
+        m = re.match(r"(--[\w-]+)=\$\((PET_\w+)\)", arg)
+        if m:
+            assert f'{m.group(1)}="${{{m.group(2)}}}"' in text, arg
+    assert "-m diffar.operator.cli" in text
+    i = args.index("-m")
+    assert args[i + 1] == "diffar.operator.cli" and args[i + 2] == "train"
+
+
+def test_trainer_entrypoint_runs_diffar_outside_a_pytorchjob(tmp_path):
+    """Without PET_* it execs `diffar ARGS`; with PET_NNODES but no rank it fails loudly."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name in ("diffar", "torchrun"):
+        stub = bin_dir / name
+        stub.write_text(f'#!/bin/sh\necho {name} "$@"\n')
+        stub.chmod(0o755)
+    script = str(ROOT / "images" / "trainer" / "entrypoint.sh")
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin"}
+    out = subprocess.run(
+        ["bash", script, "data", "inspect", "x"], env=env, capture_output=True, text=True
+    )
+    assert out.stdout.strip() == "diffar data inspect x"
+    out = subprocess.run(["bash", script], env=env, capture_output=True, text=True)
+    assert out.stdout.strip() == "diffar train --config /etc/diffar/train.json"
+    pet = {
+        "PET_NNODES": "2",
+        "PET_NPROC_PER_NODE": "8",
+        "PET_NODE_RANK": "1",
+        "PET_MASTER_ADDR": "m",
+        "PET_MASTER_PORT": "23456",
+    }
+    out = subprocess.run(
+        ["bash", script, "train", "--config", "c.json"],
+        env={**env, **pet},
+        capture_output=True,
+        text=True,
+    )
+    assert out.stdout.strip() == (
+        "torchrun --nnodes=2 --nproc-per-node=8 --node-rank=1 --master-addr=m "
+        "--master-port=23456 -m diffar.operator.cli train --config c.json"
+    )
+    del pet["PET_NODE_RANK"]
+    out = subprocess.run(
+        ["bash", script, "train"], env={**env, **pet}, capture_output=True, text=True
+    )
+    assert out.returncode == 2 and "PET_NODE_RANK" in out.stderr
+
+
+def test_requirements_are_locked_to_the_pinned_environment():
+    run([sys.executable, str(ROOT / "images" / "lock.py"), "--check"])
+    constraints = {}
+    for line in (ROOT / "constraints.txt").read_text().splitlines():
+        if "==" in line and not line.startswith("#"):
+            name, version = line.split("==")
+            constraints[re.sub(r"[-_.]+", "-", name).lower()] = version.strip()
+    for image in TARGETS:
+        for line in (ROOT / "images" / image / "requirements.txt").read_text().splitlines():
+            if not line or line.startswith("#"):
+                continue
+            name, version = line.split("==")
+            assert name in constraints, f"{image}: {name} is not in constraints.txt"
+            assert constraints[name] == version, (
+                f"{image}: {name}=={version}, constraints say {constraints[name]}"
+            )
+
+
+def test_operator_image_needs_no_trainer_packages():
+    """`diffar operator` and the builders import without torch, DeepSpeed, numpy, boto3..."""
+    operator_reqs = {
+        line.split("==")[0]
+        for line in (ROOT / "images" / "operator" / "requirements.txt").read_text().splitlines()
+        if line and not line.startswith("#")
+    }
+    assert "torch" not in operator_reqs and "deepspeed" not in operator_reqs
+    code = """
+import sys
+BLOCKED = {"torch", "deepspeed", "numpy", "boto3", "botocore", "scipy", "matplotlib", "pyarrow",
+           "tiktoken", "torchx", "flash_attn", "jsonschema", "celpy"}
+class Block:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in BLOCKED:
+            raise ImportError("blocked in the operator image: " + name)
+sys.meta_path.insert(0, Block())
+import yaml
+from diffar.operator.cli import build_parser, main
+build_parser().parse_args(["operator", "--standalone"])
+import diffar.operator.handlers
+from diffar.operator.builders import render
+from diffar.operator.runs import Run, Settings, validate
+run = Run.from_body(yaml.safe_load(open(sys.argv[1])))
+assert validate(run) == [], validate(run)
+assert [o["kind"] for o in render(run, Settings())] == ["ConfigMap", "PyTorchJob", "Job"]
+print("ok")
+"""
+    out = run([sys.executable, "-c", code, str(ROOT / "examples" / "diffusion-100m.yaml")])
+    assert out.stdout.strip() == "ok"
