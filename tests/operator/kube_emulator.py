@@ -91,6 +91,7 @@ def selector_matches(reqs: list[tuple[str, str, set[str]]], labels: dict[str, st
 @attrs.define(kw_only=True)
 class Emulator(kmock.KubernetesEmulator):
     crds: dict[str, dict] = attrs.field(factory=dict)  # plural -> CRD, for admission
+    namespaces: set[str] = attrs.field(factory=lambda: {"default"})
     created: collections.Counter = attrs.field(factory=collections.Counter, init=False)
     _rv: int = attrs.field(default=0, init=False)
     _log: list[tuple[int, Any, dict]] = attrs.field(factory=list, init=False)
@@ -135,6 +136,27 @@ class Emulator(kmock.KubernetesEmulator):
         for key in ("spec",):
             if key in obj:
                 obj[key] = schemacheck.apply_defaults(schema["properties"][key], obj[key])
+
+    # -- the namespace list (kmock 0.8 cannot parse /api/v1/namespaces) -------------------------
+
+    async def __call__(self, raw_request: aiohttp.web.BaseRequest) -> aiohttp.web.StreamResponse:
+        if raw_request.path.rstrip("/") != "/api/v1/namespaces":
+            return await super().__call__(raw_request)
+        await raw_request.read()
+        names = sorted({ns for (_, ns, _) in self._objects if ns} | self.namespaces)
+        items = [
+            {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": n, "uid": n}}
+            for n in names
+        ]
+        if raw_request.query.get("watch") != "true":
+            body = {"kind": "NamespaceList", "apiVersion": "v1", "items": items}
+            body["metadata"] = {"resourceVersion": str(self._rv)}
+            return aiohttp.web.json_response(body)
+        response = aiohttp.web.StreamResponse()
+        await response.prepare(raw_request)
+        timeout = float(raw_request.query.get("timeoutSeconds") or 300)
+        await asyncio.sleep(timeout)  # namespaces never change here; kopf reconnects
+        return response
 
     # -- mutations -----------------------------------------------------------------------------
 
