@@ -100,3 +100,49 @@ def write_alphabet_task(
                 row = {"context": ctx, "continuations": conts, "gold": gold}
             f.write(json.dumps(row) + "\n")
     return path
+
+
+TEXT = (
+    "It was the best of times, it was the worst of times, it was the age of wisdom, it was the "
+    "age of foolishness, it was the epoch of belief, it was the epoch of incredulity. "
+)
+
+
+def write_byte_dataset(directory: Path, text: str = TEXT * 8) -> Path:
+    """A shard dataset of UTF-8 bytes (the evaluator's "bytes" tokenizer, vocab 257)."""
+    import numpy as np
+
+    from diffar.trainer.shards import Manifest, write_manifest, write_shard
+
+    directory.mkdir(parents=True, exist_ok=True)
+    tokens = np.frombuffer(text.encode(), dtype=np.uint8).astype(np.int64)
+    shard = write_shard(directory / "shard-00000.bin", tokens, "uint16")
+    write_manifest(
+        directory,
+        Manifest("bytes", 257, 256, len(tokens), 1, (shard,), dtype="uint16"),
+    )
+    return directory
+
+
+def save_byte_model(
+    ckpt_dir: Path, objective: str, data_dir: Path, seq_len: int = 32, **cfg
+) -> Path:
+    """A randomly initialised nano model over bytes, exported as `diffar train` exports."""
+    from diffar.trainer.config import parse_config
+    from diffar.trainer.export import EXPORT_NAME, save_export
+    from diffar.trainer.model import Transformer
+
+    config = parse_config(
+        {
+            "name": cfg.pop("name", f"tiny-{objective}"),
+            "objective": objective,
+            "model": {"preset": "nano", "vocab_size": 257, "seq_len": seq_len, "dropout": 0.0},
+            "data": {"train_uri": str(data_dir), "val_uri": str(data_dir)},
+            "epochs": 3,
+            **cfg,
+        }
+    )
+    torch.manual_seed(0)
+    model = Transformer(config.model, causal=objective == "ar")
+    save_export(ckpt_dir / EXPORT_NAME, model.state_dict(), config, 12, 12 * 64, 3.0)
+    return ckpt_dir

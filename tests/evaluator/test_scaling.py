@@ -78,10 +78,8 @@ def test_fit_command_csv_json_and_plots(tmp_path, capsys):
         for p in points:
             w.writerow([p.objective, p.params, p.unique_tokens, p.epochs, p.loss])
     plots = tmp_path / "plots"
-    rc = main(
-        ["fit", str(path), "--json", "--plots", str(plots), "--bootstrap", "3"]
-        + ["--unique-tokens", "1e8", "--unique-tokens", "1e9"]
-    )
+    args = ["--json", "--plots", str(plots), "--bootstrap", "3"]
+    rc = main(["fit", str(path), *args, "--unique-tokens", "1e8", "--unique-tokens", "1e9"])
     assert rc == 0
     out = json.loads(capsys.readouterr().out)
     ar, mdm = out["objectives"]["ar"], out["objectives"]["mdm"]
@@ -100,7 +98,8 @@ def test_fit_command_csv_json_and_plots(tmp_path, capsys):
         "loss_vs_epochs.png",
     ]
     for p in out["plots"]:
-        assert open(p, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+        with open(p, "rb") as f:
+            assert f.read(8) == b"\x89PNG\r\n\x1a\n"
 
 
 def test_fit_command_rejects_bad_input(tmp_path, capsys):
