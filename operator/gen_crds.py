@@ -1,4 +1,5 @@
-"""Write the generated CRDs into crds/ and charts/diffar/crds/ (what `make manifests` runs).
+"""Write the generated CRDs into crds/ and charts/diffar/crds/, and docs/crd-reference.md
+(what `make manifests` runs).
 
 python -m diffar.operator.gen_crds            # from the repository root
 python -m diffar.operator.gen_crds --check    # exit 1 when either directory drifted
@@ -14,9 +15,10 @@ from diffar.operator import crdgen
 
 ROOT = Path(__file__).resolve().parent.parent
 DIRS = (ROOT / "crds", ROOT / "charts" / "diffar" / "crds")
+REFERENCE = ROOT / "docs" / "crd-reference.md"
 
 
-def drift(dirs: tuple[Path, ...] = DIRS) -> list[str]:
+def drift(dirs: tuple[Path, ...] = DIRS, reference: Path | None = REFERENCE) -> list[str]:
     """Files that differ from the models' output, or are missing or extra."""
     want = crdgen.files()
     problems = []
@@ -27,6 +29,10 @@ def drift(dirs: tuple[Path, ...] = DIRS) -> list[str]:
             if not path.is_file() or path.read_text() != text:
                 problems.append(str(path))
         problems += [str(d / n) for n in sorted(have - set(want))]
+    if reference is not None and (
+        not reference.is_file() or reference.read_text() != crdgen.reference_markdown()
+    ):
+        problems.append(str(reference))
     return problems
 
 
@@ -41,6 +47,9 @@ def main(argv: list[str] | None = None) -> int:
         return 1 if problems else 0
     for path in crdgen.write(list(DIRS)):
         print(f"wrote {path.relative_to(ROOT)}")
+    REFERENCE.parent.mkdir(parents=True, exist_ok=True)
+    REFERENCE.write_text(crdgen.reference_markdown())
+    print(f"wrote {REFERENCE.relative_to(ROOT)}")
     return 0
 
 
