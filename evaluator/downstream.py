@@ -98,18 +98,33 @@ def score_task(
     else:
         if mask_id is None:
             raise ValueError("MDM scoring needs the mask token id")
-        for i, c, seq, start in progress(requests, desc, show_progress):
+        # A bidirectional model sees padding, so batches hold sequences of one length only.
+        groups: dict[int, list[int]] = {}
+        for r, req in enumerate(requests):
+            groups.setdefault(len(req[2]), []).append(r)
+        elbo = task.kind != "greedy" and scoring == "elbo"
+        per_pass = max(1, batch_size // samples) if elbo else batch_size  # requests per chunk
+        chunks = [
+            rs[s : s + per_pass] for rs in groups.values() for s in range(0, len(rs), per_pass)
+        ]
+        for chunk in progress(chunks, desc, show_progress):
+            seqs = [requests[r][2] for r in chunk]
+            starts = [requests[r][3] for r in chunk]
             if task.kind == "greedy":
-                target = seq[start:]
-                got = unmask_by_confidence(model, seq[:start], len(target), tok.vocab_size, mask_id)
-                exact[i] = got == target
-            elif scoring == "chain_rule":
-                lls[i][c] = continuation_chain_rule_mdm(model, seq, start, tok.vocab_size, mask_id)
+                fills = unmask_by_confidence(model, seqs, starts, tok.vocab_size, mask_id)
+                for r, fill in zip(chunk, fills, strict=True):
+                    i, _, seq, start = requests[r]
+                    exact[i] = exact[i] and fill == seq[start:]
+                continue
+            if scoring == "chain_rule":
+                values = continuation_chain_rule_mdm(
+                    model, seqs, starts, tok.vocab_size, mask_id, batch_size
+                )
             else:
-                lls[i][c] = continuation_elbo_mdm(
+                values = continuation_elbo_mdm(
                     model,
-                    seq,
-                    start,
+                    seqs,
+                    starts,
                     tok.vocab_size,
                     mask_id,
                     generator,
@@ -117,6 +132,9 @@ def score_task(
                     eps=eps,
                     batch_size=batch_size,
                 )
+            for r, v in zip(chunk, values, strict=True):
+                i, c = requests[r][:2]
+                lls[i][c] = v
     n = len(task.instances)
     if task.kind == "greedy":
         return {**_mean_stderr("acc", np.array(exact, dtype=np.float64)), "n": n}

@@ -21,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 
 from diffar.trainer.objectives import (
     apply_mask,
@@ -139,65 +140,99 @@ def continuation_logprobs_ar(
     return lls, greedy
 
 
+def masked_ce_over_p(
+    logits: torch.Tensor, clean: torch.Tensor, masked: torch.Tensor, p: torch.Tensor
+) -> torch.Tensor:
+    """Per row: sum over masked positions of CE / p -> (B,) float64. Row by row this is
+    `mdm_loss_from_logits(...) * L` (a test holds them equal); vectorised for scoring."""
+    ce = F.cross_entropy(logits.flatten(0, 1), clean.flatten(), reduction="none").view_as(clean)
+    return (torch.where(masked, ce, 0.0).sum(-1).double() / p.double()).cpu()
+
+
 @torch.no_grad()
 def continuation_elbo_mdm(
     model: LogitsFn,
-    seq: list[int],
-    start: int,
+    seqs: list[list[int]],
+    starts: list[int],
     vocab_size: int,
     mask_id: int,
     generator: torch.Generator,
     samples: int = 32,
     eps: float = 1e-3,
     batch_size: int = 32,
-) -> float:
-    """Monte Carlo ELBO estimate of log p(continuation | clean context) (a lower bound, nats):
-    only the continuation's tokens are masked, at stratified rates, as in training."""
+) -> list[float]:
+    """Monte Carlo ELBO estimates of log p(continuation | clean context) (lower bounds, nats)
+    for equal-length sequences whose continuation starts at `starts[i]`: only continuation
+    tokens are masked, at stratified rates, as in training; `samples` rows per sequence."""
     device = _device_of(model)
-    x = torch.tensor(seq, device=device)
-    ctx, cont = x[:start], x[start:]
-    t = stratified_times(1, samples, _cpu_generator(generator)).flatten()
-    total = 0.0
-    for s in range(0, samples, batch_size):
+    x = torch.tensor(seqs, device=device)
+    R, T = x.shape
+    t = stratified_times(R, samples, _cpu_generator(generator)).flatten()
+    owner = torch.arange(R).repeat_interleave(samples)
+    starts_t = torch.tensor(starts, device=device)
+    pos = torch.arange(T, device=device)
+    totals = torch.zeros(R * samples, dtype=torch.float64)
+    for s in range(0, R * samples, batch_size):
+        idx = owner[s : s + batch_size].to(device)
+        clean = x[idx]
         p = mask_rate(t[s : s + batch_size], eps).to(device, torch.float32)
-        clean = cont.expand(p.numel(), -1)
-        noisy, masked = apply_mask(clean, p, mask_id, generator)
-        rows = torch.cat([ctx.expand(p.numel(), -1), noisy], dim=1)
-        logits = _logits(model, rows, vocab_size)[:, start:]
-        # The training loss is the mean over all positions; times numel it is the rows' sum.
-        total += float(mdm_loss_from_logits(logits, clean, masked, p)) * clean.numel()
-    return -total / samples
+        _, drawn = apply_mask(clean, p, mask_id, generator)
+        masked = drawn & (pos[None, :] >= starts_t[idx][:, None])
+        noisy = torch.where(masked, mask_id, clean)
+        logits = _logits(model, noisy, vocab_size)
+        totals[s : s + len(idx)] = masked_ce_over_p(logits, clean, masked, p)
+    return (-totals.view(R, samples).mean(dim=1)).tolist()
 
 
 @torch.no_grad()
 def continuation_chain_rule_mdm(
-    model: LogitsFn, seq: list[int], start: int, vocab_size: int, mask_id: int
-) -> float:
-    """Exact left-to-right log p(continuation | context) under an MDM (one row per token)."""
+    model: LogitsFn,
+    seqs: list[list[int]],
+    starts: list[int],
+    vocab_size: int,
+    mask_id: int,
+    batch_size: int = 32,
+) -> list[float]:
+    """Exact left-to-right log p(continuation | context) under an MDM, for equal-length
+    sequences: one row per continuation token, that token and all after it masked."""
     device = _device_of(model)
-    x = torch.tensor(seq, device=device)
-    m = len(seq) - start
-    ks = torch.arange(start, len(seq), device=device)
-    pos = torch.arange(len(seq), device=device)
-    noisy = torch.where(pos[None, :] >= ks[:, None], mask_id, x.expand(m, -1))
-    logp = torch.log_softmax(_logits(model, noisy, vocab_size), dim=-1)
-    return float(logp[torch.arange(m), ks, x[ks]].double().sum())
+    x = torch.tensor(seqs, device=device)
+    T = x.shape[1]
+    owner = torch.tensor([i for i, st in enumerate(starts) for _ in range(st, T)])
+    ks = torch.tensor([k for st in starts for k in range(st, T)])
+    pos = torch.arange(T, device=device)
+    out = torch.zeros(len(seqs), dtype=torch.float64)
+    for s in range(0, len(ks), batch_size):
+        o, k = owner[s : s + batch_size].to(device), ks[s : s + batch_size].to(device)
+        noisy = torch.where(pos[None, :] >= k[:, None], mask_id, x[o])
+        rows = torch.arange(len(k), device=device)
+        logp = torch.log_softmax(_logits(model, noisy, vocab_size)[rows, k], dim=-1)
+        out.index_add_(0, o.cpu(), logp[rows, x[o, k]].double().cpu())
+    return out.tolist()
 
 
 @torch.no_grad()
 def unmask_by_confidence(
-    model: LogitsFn, context: list[int], length: int, vocab_size: int, mask_id: int
-) -> list[int]:
-    """Fill `length` masked tokens after `context`, one per pass, most confident position first."""
+    model: LogitsFn, seqs: list[list[int]], starts: list[int], vocab_size: int, mask_id: int
+) -> list[list[int]]:
+    """For equal-length sequences, mask everything from `starts[i]` on and fill it back one
+    token per pass and row, the most confident masked position first; returns the fills."""
     device = _device_of(model)
-    x = torch.tensor([*context, *([mask_id] * length)], device=device)[None, :]
-    for _ in range(length):
-        probs = torch.softmax(_logits(model, x, vocab_size)[0], dim=-1)
+    x = torch.tensor(seqs, device=device)
+    pos = torch.arange(x.shape[1], device=device)
+    starts_t = torch.tensor(starts, device=device)
+    x = torch.where(pos[None, :] >= starts_t[:, None], mask_id, x)
+    rows = torch.arange(x.shape[0], device=device)
+    for _ in range(x.shape[1] - min(starts)):
+        open_ = x == mask_id
+        if not open_.any():
+            break
+        probs = torch.softmax(_logits(model, x, vocab_size), dim=-1)
         conf, best = probs.max(-1)
-        conf = torch.where(x[0] == mask_id, conf, -1.0)
-        k = int(conf.argmax())
-        x[0, k] = best[k]
-    return x[0, len(context) :].tolist()
+        k = torch.where(open_, conf, -1.0).argmax(-1)
+        fill = open_[rows, k]
+        x[rows[fill], k[fill]] = best[rows[fill], k[fill]]
+    return [x[i, st:].tolist() for i, st in enumerate(starts)]
 
 
 def _cpu_generator(generator: torch.Generator) -> torch.Generator:
