@@ -192,11 +192,9 @@ def crd_for(kind: Kind) -> dict[str, Any]:
                 "description": f"APIVersion of this object: {API_VERSION}.",
             },
             "kind": {"type": "string", "description": f"Kind of this object: {kind.kind}."},
-            "metadata": {
-                "type": "object",
-                "description": "Standard object metadata. The name is a DNS-1035 label of at "
-                f"most {MAX_RUN_NAME} characters (its children add suffixes).",
-            },
+            # Only name/generateName restrictions are allowed on metadata (the CEL rules below);
+            # kubectl explain shows ObjectMeta's own documentation.
+            "metadata": {"type": "object"},
             "spec": spec_schema,
             "status": status_schema,
         },

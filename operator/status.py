@@ -277,14 +277,26 @@ def decide(body: dict, observed: Observed, settings: Settings, now: datetime) ->
         problems = validate(run)
     except SpecError as e:
         run, problems = None, e.problems
-    if problems:
+    message = "; ".join(problems)
+    if problems and (run is None or observed.train_job is None):
         conditions = set_condition(
-            conditions, "Validated", False, FailureReason.INVALID_SPEC, "; ".join(problems),
-            generation, now,
-        )  # fmt: skip
-        return finish(_Outcome("Failed", FailureReason.INVALID_SPEC, "; ".join(problems)), None)
+            conditions, "Validated", False, FailureReason.INVALID_SPEC, message, generation, now
+        )
+        return finish(_Outcome("Failed", FailureReason.INVALID_SPEC, message), None)
     assert run is not None
-    conditions = set_condition(conditions, "Validated", True, Reason.VALIDATED, "", generation, now)
+    if problems:
+        # A mutable field went bad after the trainer started (say, resources.nodes): the running
+        # PyTorchJob keeps the spec it was created with; say so, and carry on.
+        was = next((c for c in conditions if c.get("type") == "Validated"), {})
+        if was.get("status") != "False" or was.get("message") != message:
+            d.events.append(("Warning", FailureReason.INVALID_SPEC, message))
+        conditions = set_condition(
+            conditions, "Validated", False, FailureReason.INVALID_SPEC, message, generation, now
+        )
+    else:
+        conditions = set_condition(
+            conditions, "Validated", True, Reason.VALIDATED, "", generation, now
+        )
     total = planned_steps(run)
     children = {
         "configMap": run.config_map_name,

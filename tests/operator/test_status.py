@@ -237,3 +237,16 @@ def test_parse_results_tolerates_garbage():
         "valLoss": 3.7,
         "tasks": {},
     }
+
+
+def test_a_mutable_field_going_bad_mid_training_warns_but_does_not_fail(manifest):
+    own = {"metadata": {"ownerReferences": [{"uid": UID, "controller": True}]}}
+    running = job("PyTorchJob", "mdm-small-train", [("Running", "")])
+    manifest["spec"]["resources"]["gpusPerNode"] = 3  # 6 ranks do not divide globalBatch 32
+    d = step(manifest, {"phase": "Training"}, st.Observed(config_map=own, train_job=running))
+    assert d.phase == "Training" and d.create == [] and d.patch == []
+    validated = {c["type"]: c for c in d.status["conditions"]}["Validated"]
+    assert validated["status"] == "False" and "world size 6" in validated["message"]
+    assert ("Warning", "InvalidSpec") in [e[:2] for e in d.events]
+    again = step(manifest, d.status, st.Observed(config_map=own, train_job=running))
+    assert [e for e in again.events if e[1] == "InvalidSpec"] == []
