@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import copy
 import subprocess
 import sys
 
+import kubernetes_validate
 import pytest
 import yaml
 
@@ -111,3 +113,13 @@ def test_crd_shape(run_crds):
 def test_diffusion_only_fields():
     ar = crdgen.crd_for(KINDS["ARRun"])["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
     assert "diffusion" not in ar["properties"]["spec"]["properties"]
+
+
+def test_crds_validate_as_apiextensions_objects():
+    """The CRD objects themselves against Kubernetes' own CustomResourceDefinition schema."""
+    for crd in crdgen.crds():
+        kubernetes_validate.validate(crd, "1.33", strict=True)
+    broken = copy.deepcopy(crdgen.crds()[0])
+    broken["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["x-kubernetes-validation"] = []
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(broken, "1.33", strict=True)
