@@ -112,9 +112,9 @@ def mdm_chain_rule_nll(
             ks = pos[s : s + batch_size]
             rows = seqs[b].expand(ks.numel(), L)
             noisy = torch.where(pos[None, :] >= ks[:, None], mask_id, rows)
-            logp = torch.log_softmax(_logits(model, noisy, vocab_size), dim=-1)
-            picked = logp[torch.arange(ks.numel()), ks, seqs[b, ks]]
-            out[b] -= picked.double().sum().cpu()
+            r = torch.arange(ks.numel(), device=seqs.device)
+            logp = torch.log_softmax(_logits(model, noisy, vocab_size)[r, ks], dim=-1)
+            out[b] -= logp[r, seqs[b, ks]].double().sum().cpu()
     return out
 
 
@@ -130,13 +130,19 @@ def continuation_logprobs_ar(
     inp = torch.full((len(seqs), width), pad_id, dtype=torch.long)
     for i, s in enumerate(seqs):
         inp[i, : len(s) - 1] = torch.tensor(s[:-1])
-    logp = torch.log_softmax(_logits(model, inp.to(device), vocab_size), dim=-1).cpu()
-    lls, greedy = [], []
-    for i, s in enumerate(seqs):
-        targets = torch.tensor(s[starts[i] :])
-        rows = logp[i, starts[i] - 1 : len(s) - 1]
-        lls.append(float(rows.gather(1, targets[:, None]).double().sum()))
-        greedy.append(bool((rows.argmax(-1) == targets).all()))
+    logits = _logits(model, inp.to(device), vocab_size)
+    # Only the continuation's positions: (row, position) pairs and their target tokens.
+    row = torch.tensor([i for i, s in enumerate(seqs) for _ in range(starts[i], len(s))])
+    col = torch.tensor([k - 1 for i, s in enumerate(seqs) for k in range(starts[i], len(s))])
+    tgt = torch.tensor([t for i, s in enumerate(seqs) for t in s[starts[i] :]])
+    picked = logits[row.to(device), col.to(device)]
+    logp = torch.log_softmax(picked, dim=-1)
+    tgt_d = tgt.to(device)
+    token_ll = logp.gather(1, tgt_d[:, None])[:, 0].double().cpu()
+    hit = (picked.argmax(-1) == tgt_d).cpu()
+    lls = torch.zeros(len(seqs), dtype=torch.float64).index_add_(0, row, token_ll).tolist()
+    misses = torch.zeros(len(seqs), dtype=torch.long).index_add_(0, row, (~hit).long())
+    greedy = (misses == 0).tolist()
     return lls, greedy
 
 

@@ -67,3 +67,15 @@ def test_long_inputs_keep_their_last_tokens(tmp_path):
     for objective, model in (("ar", OracleAR()), ("mdm", OracleMDM())):
         res = score_task(model, objective, load_task(str(path)), TOK, seq_len=16, mask_id=MASK)
         assert res["acc"] == 1.0
+
+
+def test_gpt2_tokenizer_pairs_and_byte_lengths():
+    from diffar.evaluator.tokenizers import get_tokenizer, tokenizer_for_vocab
+
+    tok = get_tokenizer(tokenizer_for_vocab(50257))
+    assert tok.encode("Hello world") == [15496, 995]
+    lengths = tok.token_bytes()
+    assert lengths.shape == (50257,) and lengths[15496] == 5 and lengths[995] == 6
+    assert lengths[tok.eod_id] == 1
+    ctx, cont = encode_pair(tok, "Question: Is it?\nAnswer: ", "yes")
+    assert tok.decode(ctx) == "Question: Is it?\nAnswer:" and tok.decode(cont) == " yes"
