@@ -23,6 +23,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="DIR",
         help="write <plural>.diffar.io.yaml files into DIR (repeatable)",
     )
+    p.add_argument(
+        "--reference",
+        metavar="FILE",
+        help="also write the Markdown field reference (docs/crd-reference.md) to FILE",
+    )
     p.set_defaults(handler=_crds)
 
     p = sub.add_parser(
@@ -73,7 +78,11 @@ def _crds(args: argparse.Namespace) -> int:
     if args.out:
         for path in crdgen.write([Path(d) for d in args.out]):
             print(f"wrote {path}", file=sys.stderr)
-    else:
+    if args.reference:
+        Path(args.reference).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.reference).write_text(crdgen.reference_markdown())
+        print(f"wrote {args.reference}", file=sys.stderr)
+    if not args.out and not args.reference:
         sys.stdout.write(crdgen.render_yaml())
     return 0
 

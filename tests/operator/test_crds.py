@@ -123,3 +123,42 @@ def test_crds_validate_as_apiextensions_objects():
     broken["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["x-kubernetes-validation"] = []
     with pytest.raises(kubernetes_validate.ValidationError):
         kubernetes_validate.validate(broken, "1.33", strict=True)
+
+
+def test_diffar_crds_out_writes_what_gen_crds_checks(tmp_path):
+    dirs = (tmp_path / "crds", tmp_path / "chart" / "crds")
+    ref = tmp_path / "docs" / "crd-reference.md"
+    subprocess.run(
+        [
+            *(sys.executable, "-m", "diffar.operator.cli", "crds"),
+            *("--out", str(dirs[0]), "--out", str(dirs[1]), "--reference", str(ref)),
+        ],
+        check=True,
+        capture_output=True,
+        cwd=ROOT,
+    )
+    assert gen_crds.drift(dirs, ref) == []
+    (dirs[1] / "arruns.diffar.io.yaml").write_text("stale")
+    (dirs[0] / "old.yaml").write_text("")
+    assert gen_crds.drift(dirs, ref) == [
+        str(dirs[0] / "old.yaml"),
+        str(dirs[1] / "arruns.diffar.io.yaml"),
+    ]
+
+
+def test_the_operator_stays_light():
+    """The operator image needs neither torch nor DeepSpeed nor boto3."""
+    code = (
+        "import sys, yaml\n"
+        "import diffar.operator.handlers\n"
+        "from diffar.operator.cli import build_parser\n"
+        "from diffar.operator.builders import render\n"
+        "from diffar.operator.runs import Run, Settings\n"
+        "build_parser()\n"
+        "render(Run.from_body(yaml.safe_load(open('examples/diffusion-100m.yaml'))), Settings())\n"
+        "print(sorted(m for m in ('torch', 'deepspeed', 'boto3') if m in sys.modules))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], check=True, capture_output=True, text=True, cwd=ROOT
+    ).stdout
+    assert out.strip() == "[]"
