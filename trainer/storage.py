@@ -129,8 +129,9 @@ class StorageOptions:
     backoff_max: float = 8.0
     connect_timeout: float = 10.0
     read_timeout: float = 60.0
-    part_size: int = 64 << 20  # multipart upload part size / parallel ranged-GET size
-    concurrency: int = 8  # parallel parts per object
+    part_size: int = 16 << 20  # multipart upload part size
+    range_size: int = 16 << 20  # parallel ranged-GET piece size (objects of 2+ pieces)
+    concurrency: int = 4  # parallel parts per object, upload and download
     verbose: bool = True  # progress and throughput lines on stderr
 
     @classmethod
@@ -146,6 +147,7 @@ class StorageOptions:
             backoff_max=_env_float("DIFFAR_S3_BACKOFF_MAX", cls.backoff_max),
             connect_timeout=_env_float("DIFFAR_S3_CONNECT_TIMEOUT", cls.connect_timeout),
             read_timeout=_env_float("DIFFAR_S3_READ_TIMEOUT", cls.read_timeout),
+            concurrency=max(1, int(_env_float("DIFFAR_S3_CONCURRENCY", cls.concurrency))),
         )
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)

@@ -16,6 +16,7 @@ import hashlib
 import http.client
 import logging
 import os
+import queue
 import random
 import threading
 import time
@@ -58,7 +59,8 @@ _RETRY_CODES = {
 }
 _RETRY_STATUS = {429, 500, 502, 503, 504}
 _STREAM_ERRORS: tuple[type[BaseException], ...] = (
-    bex.ConnectionError,  # EndpointConnectionError, ConnectionClosedError, timeouts, ...
+    bex.ConnectionError,  # EndpointConnectionError, connect timeouts, ...
+    bex.HTTPClientError,  # ConnectionClosedError, ReadTimeoutError, ...
     bex.ResponseStreamingError,
     bex.IncompleteReadError,
     http.client.IncompleteRead,
@@ -385,14 +387,15 @@ class S3Store(Store):
 
     def sha256(self, key: str) -> str:
         h = hashlib.sha256()
-        self._stream(key, 0, None, lambda b: h.update(b))
+        self._stream(key, 0, None, h.update)
         return h.hexdigest()
 
     # ------------------------------------------------------------ downloads
 
-    def _stream(self, key: str, start: int, size: int | None, sink: Callable[[bytes], None]) -> int:
-        """Feed the object's bytes from `start` to `sink`, resuming with ranged GETs when the
-        connection breaks; returns the end offset. The attempt budget resets on progress."""
+    def _stream(self, key: str, start: int, end: int | None, sink: Callable[[bytes], None]) -> int:
+        """Feed the object's bytes [start, end) (end None: to the object's end) to `sink`,
+        resuming with ranged GETs when the connection breaks; returns the end offset. The
+        attempt budget resets whenever a try made progress."""
         pos = start
         attempt = 0
         k = self._key(key)
@@ -401,7 +404,11 @@ class S3Store(Store):
             progressed = False
             try:
                 kwargs = {"Bucket": self.bucket, "Key": k}
-                if pos:
+                if end is not None:
+                    if pos >= end:
+                        return pos
+                    kwargs["Range"] = f"bytes={pos}-{end - 1}"
+                elif pos:
                     kwargs["Range"] = f"bytes={pos}-"
                 resp = self.client.get_object(**kwargs)
                 body = resp["Body"]
@@ -412,11 +419,11 @@ class S3Store(Store):
                         progressed = True
                 finally:
                     body.close()
-                if size is not None and pos < size:
-                    raise http.client.IncompleteRead(b"", size - pos)
+                if end is not None and pos < end:
+                    raise http.client.IncompleteRead(b"", end - pos)
                 return pos
             except Exception as e:
-                if isinstance(e, bex.ClientError) and _status(e)[1] == 416 and size == pos:
+                if isinstance(e, bex.ClientError) and _status(e)[1] == 416 and end is None:
                     return pos  # asked for bytes past the end: nothing was left to read
                 if progressed:
                     attempt = 1
@@ -435,45 +442,138 @@ class S3Store(Store):
                 time.sleep(delay)
 
     def get_file(self, key, dest, *, sha256=None, size=None, progress=None) -> None:
-        """Download into `dest`.part (resuming a .part left by an earlier try), verify the
-        sha256, then rename into place. A mismatch after a resume retries once from zero."""
+        """Download into DEST.part, verify the sha256, then rename into place.
+
+        Objects of at least two `range_size` pieces are fetched as parallel ranged GETs
+        (`concurrency` at a time) written in place, while the sha256 runs over the pieces in
+        order; DEST.part.ranges records finished pieces so a later process resumes them.
+        Smaller ones stream in one GET that resumes from the bytes already in DEST.part. A
+        mismatch after a resume retries once from zero; a clean mismatch is a ChecksumError
+        and leaves nothing behind."""
         dest = Path(dest)
         dest.parent.mkdir(parents=True, exist_ok=True)
         part = dest.with_name(dest.name + ".part")
+        ranges = dest.with_name(dest.name + ".part.ranges")
+        if size is None:
+            size = self.size(key)
+        piece = max(1 << 20, self.opts.range_size)
+        parallel = self.opts.concurrency > 1 and size >= 2 * piece
         for fresh in (False, True):
-            if fresh:
-                part.unlink(missing_ok=True)
-            h = hashlib.sha256()
-            have = part.stat().st_size if part.exists() else 0
-            if size is not None and have > size:
-                part.unlink()
-                have = 0
-            if have:
-                with open(part, "rb") as f:
-                    while block := f.read(4 << 20):
-                        h.update(block)
-                if progress:
-                    progress(have)
-            with open(part, "ab") as f:
-
-                def sink(b: bytes, f=f, h=h) -> None:
-                    f.write(b)
-                    h.update(b)
-                    if progress:
-                        progress(len(b))
-
-                if size is None or have < size:
-                    self._stream(key, have, size, sink)
-            if sha256 is None or h.hexdigest() == sha256:
+            if parallel:
+                digest, resumed = self._fetch_parallel(
+                    key, part, ranges, size, piece, progress, fresh
+                )
+            else:
+                ranges.unlink(missing_ok=True)
+                digest, resumed = self._fetch_serial(key, part, size, progress, fresh)
+            if sha256 is None or digest == sha256:
                 os.replace(part, dest)
+                ranges.unlink(missing_ok=True)
                 return
-            if have == 0:
+            if not resumed:
                 break  # a clean full download that does not match: the object is bad
         part.unlink(missing_ok=True)
+        ranges.unlink(missing_ok=True)
         raise ChecksumError(
             f"{self.url(key)}: sha256 does not match the manifest (corrupted shard); nothing was "
             "cached; re-upload it or re-run `diffar data prepare --overwrite`"
         )
+
+    def _fetch_serial(self, key, part: Path, size: int, progress, fresh: bool) -> tuple[str, bool]:
+        h = hashlib.sha256()
+        if fresh:
+            part.unlink(missing_ok=True)
+        have = part.stat().st_size if part.exists() else 0
+        if have > size:
+            part.unlink()
+            have = 0
+        if have:
+            with open(part, "rb") as f:
+                while block := f.read(4 << 20):
+                    h.update(block)
+            if progress:
+                progress(have)
+        # The sha256 runs in a second thread, a chunk behind the network reads, so hashing
+        # overlaps the transfer instead of adding to it (hashlib releases the GIL).
+        chunks: queue.Queue = queue.Queue(maxsize=8)
+
+        def hasher() -> None:
+            while (b := chunks.get()) is not None:
+                h.update(b)
+
+        worker = threading.Thread(target=hasher, name="diffar-sha256", daemon=True)
+        worker.start()
+        try:
+            with open(part, "ab") as f:
+
+                def sink(b: bytes) -> None:
+                    f.write(b)
+                    chunks.put(b)
+                    if progress:
+                        progress(len(b))
+
+                self._stream(key, have, size, sink)
+        finally:
+            chunks.put(None)
+            worker.join()
+        return h.hexdigest(), have > 0
+
+    def _fetch_parallel(
+        self, key, part: Path, ranges: Path, size: int, piece: int, progress, fresh: bool
+    ) -> tuple[str, bool]:
+        offsets = list(range(0, size, piece))
+        done: set[int] = set()
+        if not fresh and part.exists() and ranges.exists() and part.stat().st_size == size:
+            with contextlib.suppress(ValueError):
+                done = {int(x) for x in ranges.read_text().split()}
+        else:
+            part.unlink(missing_ok=True)
+            ranges.unlink(missing_ok=True)
+        lock = threading.Lock()
+        fd = os.open(part, os.O_RDWR | os.O_CREAT, 0o644)
+        log_f = open(ranges, "a")  # noqa: SIM115 - closed below, shared by the workers
+        pool = ThreadPoolExecutor(self.opts.concurrency, thread_name_prefix="diffar-get")
+        try:
+            os.ftruncate(fd, size)
+
+            def fetch(i: int) -> bytearray:
+                off = offsets[i]
+                buf = bytearray()
+
+                def sink(b: bytes) -> None:
+                    buf.extend(b)
+                    if progress:
+                        progress(len(b))
+
+                self._stream(key, off, min(size, off + piece), sink)
+                os.pwrite(fd, buf, off)
+                with lock:
+                    log_f.write(f"{i}\n")
+                    log_f.flush()
+                return buf
+
+            h = hashlib.sha256()
+            window = self.opts.concurrency + 2  # pieces in memory at most: bounded
+            pending = {}
+            submitted = 0
+            for i, off in enumerate(offsets):
+                while submitted < len(offsets) and submitted < i + window:
+                    if submitted not in done:
+                        pending[submitted] = pool.submit(fetch, submitted)
+                    submitted += 1
+                if i in done:
+                    buf = os.pread(fd, min(piece, size - off), off)
+                    if progress:
+                        progress(len(buf))
+                else:
+                    buf = pending.pop(i).result()
+                h.update(buf)  # in order, while the pool fetches the next pieces
+                del buf
+            return h.hexdigest(), bool(done)
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+            os.close(fd)
+            log_f.close()
 
 
 def _describe(e: BaseException) -> str:

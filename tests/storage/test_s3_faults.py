@@ -277,3 +277,43 @@ def test_manifest_does_not_match_the_run(dataset, tmp_path):
     ):
         storage.resolve_dataset(dataset, tmp_path / "c", unique_tokens=1_000_000)
     assert not list((tmp_path / "c").rglob("*.bin"))  # checked before any download
+
+
+def _one_shard(bucket: str, n: int, name: str = "one") -> tuple[str, np.ndarray, str]:
+    tokens = np.random.default_rng(n).integers(0, 50257, size=n, dtype=np.uint16)
+    uri = f"s3://{bucket}/{name}"
+    w = storage.dataset_writer(uri)
+    w.begin()
+    info = w.put_shard("shard-00000.bin", tokens)
+    w.finish(Manifest("gpt2", 50257, 50256, tokens.size, 1, (info,)))
+    return uri, tokens, info.sha256
+
+
+def test_parallel_ranged_download_survives_a_cut(bucket, tmp_path, proxy):
+    uri, tokens, sha = _one_shard(bucket, 3_000_000)  # 6 MB: six 1 MiB ranges
+    proxy.cut(after=200_000, match="shard-00000.bin")
+    store = storage.open_store(uri, {"range_size": 1 << 20, "concurrency": 3})
+    dest = tmp_path / "s.bin"
+    store.get_file("shard-00000.bin", dest, sha256=sha, size=tokens.nbytes)
+    assert dest.read_bytes() == tokens.tobytes()
+    gets = [r for r in proxy.requests if r.startswith("GET") and "shard-00000.bin" in r]
+    assert len(gets) == 7  # six pieces, one of them resumed once
+    assert not (tmp_path / "s.bin.part.ranges").exists()
+
+
+def test_parallel_download_resumes_finished_pieces_of_a_killed_process(bucket, tmp_path, proxy):
+    uri, tokens, sha = _one_shard(bucket, 3_000_000)
+    raw = tokens.tobytes()
+    dest = tmp_path / "s.bin"
+    piece = 1 << 20
+    # a killed earlier fetch: pieces 0, 2 and 5 written in place and logged
+    part = bytearray(len(raw))
+    for i in (0, 2, 5):
+        part[i * piece : (i + 1) * piece] = raw[i * piece : (i + 1) * piece]
+    (tmp_path / "s.bin.part").write_bytes(bytes(part))
+    (tmp_path / "s.bin.part.ranges").write_text("0\n2\n5\n")
+    store = storage.open_store(uri, {"range_size": piece, "concurrency": 2})
+    store.get_file("shard-00000.bin", dest, sha256=sha, size=len(raw))
+    assert dest.read_bytes() == raw
+    gets = [r for r in proxy.requests if r.startswith("GET") and "shard-00000.bin" in r]
+    assert len(gets) == 3  # only pieces 1, 3 and 4
