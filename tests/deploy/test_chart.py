@@ -256,3 +256,19 @@ def test_notes_render(helm):
     out = run([helm, "install", "diffar", str(CHART), "--dry-run=client", "-n", NAMESPACE]).stdout
     assert "kubectl get crd pytorchjobs.kubeflow.org" in out
     assert "No Pushgateway is set" in out
+
+
+@pytest.mark.parametrize("version", K8S_VERSIONS)
+def test_chart_installs_on_supported_kubernetes(helm, version):
+    run([helm, "template", "x", str(CHART), "--kube-version", f"{version}.0"])
+
+
+def test_chart_refuses_unsupported_kubernetes(helm):
+    import subprocess
+
+    proc = subprocess.run(
+        [helm, "template", "x", str(CHART), "--kube-version", "1.27.0"],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode != 0 and "kubeVersion" in proc.stderr
