@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import sys
 import time
 from datetime import UTC, datetime
@@ -214,6 +215,9 @@ def evaluate(cfg: EvalConfig, log=None) -> dict:
     )
     results["results_uri"] = out
     log(f"  results: {out}")
+    termination_log = os.environ.get("DIFFAR_TERMINATION_LOG")
+    if termination_log:
+        write_summary(Path(termination_log), results)
 
     gateway = cfg.pushgateway or _env_gateway()
     if gateway:
@@ -224,9 +228,31 @@ def evaluate(cfg: EvalConfig, log=None) -> dict:
     return results
 
 
-def _env_gateway() -> str | None:
-    import os
+def summary(results: dict, limit: int = 4096) -> str:
+    """The compact results the operator reads from the eval pod's termination message (at most
+    4 KiB): loss, its estimator, validation losses, task accuracies and where results.json is."""
+    doc = {
+        "loss": results.get("loss"),
+        "loss_estimator": results.get("loss_estimator"),
+        "validation": {k: v.get("loss") for k, v in (results.get("validation") or {}).items()},
+        "tasks": {k: v.get("acc") for k, v in (results.get("tasks") or {}).items()},
+        "results_uri": results.get("results_uri"),
+    }
+    text = json.dumps(_finite(doc), separators=(",", ":"))
+    if len(text.encode()) > limit:  # many custom tasks: keep the headline numbers
+        doc["tasks"] = {}
+        text = json.dumps(_finite(doc), separators=(",", ":"))
+    return text
 
+
+def write_summary(path: Path, results: dict) -> None:
+    try:
+        path.write_text(summary(results))
+    except OSError as e:
+        print(f"diffar eval: cannot write the summary to {path}: {e.strerror}", file=sys.stderr)
+
+
+def _env_gateway() -> str | None:
     return os.environ.get("DIFFAR_PUSHGATEWAY_URL") or None
 
 

@@ -128,3 +128,34 @@ def test_default_output_is_the_checkpoint_dir():
     assert default_output_uri("/c/run1/export/model.pt") == "/c/run1/results.json"
     assert default_output_uri("s3://b/run1/export/model.pt") == "s3://b/run1/results.json"
     assert default_output_uri("s3://b/run1/weights.pt") == "s3://b/run1/results.json"
+
+
+def test_termination_message_summary_for_the_operator(tmp_path, monkeypatch):
+    from diffar.operator.status import parse_results
+
+    data = write_byte_dataset(tmp_path / "val")
+    ckpt = save_byte_model(tmp_path / "ckpt", "ar", data)
+    monkeypatch.setenv("DIFFAR_TERMINATION_LOG", str(tmp_path / "termination-log"))
+    task = write_alphabet_task(tmp_path / "alpha.jsonl", 3)
+    rc = main(
+        [
+            "eval",
+            "--model",
+            str(ckpt),
+            "--tasks",
+            str(task),
+            "--val-sequences",
+            "2",
+            "--no-progress",
+        ]
+    )
+    assert rc == 0
+    text = (tmp_path / "termination-log").read_text()
+    assert len(text.encode()) <= 4096
+    results = json.loads((ckpt / "results.json").read_text())
+    parsed = parse_results(text)
+    assert parsed == {
+        "tasks": {"alpha": results["tasks"]["alpha"]["acc"]},
+        "valLoss": results["loss"],
+        "resultsUri": str(ckpt / "results.json"),
+    }
