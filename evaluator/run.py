@@ -71,12 +71,15 @@ def fetch_model(model_uri: str, cache_dir: str) -> Path:
     return dest
 
 
+def results_uri(uri: str) -> str:
+    """A .json URI as is; anything else is a directory that gets results.json."""
+    uri = uri.rstrip("/")
+    return uri if uri.endswith(".json") else f"{uri}/{RESULTS_NAME}"
+
+
 def write_output(uri: str, data: bytes) -> str:
     from diffar.trainer.storage import open_store
 
-    uri = uri.rstrip("/")
-    if not uri.endswith(".json"):
-        uri = f"{uri}/{RESULTS_NAME}"
     root, key = uri.rsplit("/", 1) if "/" in uri else (".", uri)
     open_store(root or "/").put_bytes(key, data)
     return uri
@@ -209,11 +212,9 @@ def evaluate(cfg: EvalConfig, log=None) -> dict:
         "eval_seconds": round(time.time() - started, 3),
         "config": cfg.model_dump(mode="json"),
     }
-    out = write_output(
-        cfg.output_uri or default_output_uri(cfg.model_uri),
-        json.dumps(_finite(results), indent=2).encode(),
-    )
+    out = results_uri(cfg.output_uri or default_output_uri(cfg.model_uri))
     results["results_uri"] = out
+    write_output(out, json.dumps(_finite(results), indent=2).encode())
     log(f"  results: {out}")
     termination_log = os.environ.get("DIFFAR_TERMINATION_LOG")
     if termination_log:
