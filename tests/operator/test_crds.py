@@ -32,6 +32,9 @@ def test_diffar_crds_prints_what_crds_dir_holds():
     on_disk = {p.stem: yaml.safe_load(p.read_text()) for p in (ROOT / "crds").glob("*.yaml")}
     assert printed == on_disk
     assert set(printed) == {"diffusionruns.diffar.io", "arruns.diffar.io"}
+    # Byte for byte: `diffar crds` == `cat crds/*.yaml` == `cat charts/diffar/crds/*.yaml`.
+    for d in (ROOT / "crds", ROOT / "charts" / "diffar" / "crds"):
+        assert out == "".join(p.read_text() for p in sorted(d.glob("*.yaml")))
 
 
 def _walk(schema: dict, path: str):

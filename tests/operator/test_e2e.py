@@ -314,12 +314,14 @@ def test_operator_validation_failures_and_training_failure(operator_env, kube, c
 
         counts = metrics.get().runs.counts()
         assert counts[("Failed", "mdm")] >= 2 and counts[("Failed", "ar")] >= 1
-        for kind, name in (
+        doomed = (
             ("DiffusionRun", "unknown-preset"),
             ("DiffusionRun", "indivisible"),
             ("ARRun", "ar-fails"),
-        ):
+        )
+        for kind, name in doomed:
             kube.delete(kind, NS, name)
-            wait_for("deleted", lambda k=kind, n=name: kube.get(k, NS, n) is None)
+        wait_for("deleted", lambda: all(kube.get(k, NS, n) is None for k, n in doomed))
+        assert kube.get("PyTorchJob", NS, "ar-fails-train") is None  # garbage-collected
     assert runner.exception is None, runner.stdout
     assert emu.created["pytorchjobs"] == before + 1
