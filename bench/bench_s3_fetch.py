@@ -70,73 +70,90 @@ def main(argv: list[str] | None = None) -> int:
         upload_s = time.perf_counter() - t
         nbytes = total_tokens * 2
 
-        def raw() -> float:
+        defaults = storage.StorageOptions.from_env()
+        other = 4 if defaults.concurrency == 1 else 1
+        modes = {"default": defaults.concurrency, "other": other}
+        cpu = {"raw": 0.0, "default": 0.0, "other": 0.0}
+
+        def label(c: int) -> str:
+            return "1 stream" if c == 1 else f"{c} ranges"
+
+        def raw(count: bool = True) -> float:
             dest = work / "raw"
             dest.mkdir(exist_ok=True)
-            t = time.perf_counter()
+            c0, t = time.process_time(), time.perf_counter()
             for info in infos:
                 body = client.get_object(Bucket="bench", Key=f"dataset/{info.name}")["Body"]
                 with open(dest / info.name, "wb") as f:
                     for chunk in body.iter_chunks(1 << 20):
                         f.write(chunk)
             secs = time.perf_counter() - t
+            if count:
+                cpu["raw"] += time.process_time() - c0
             shutil.rmtree(dest)
             return nbytes / secs / 1e6
 
-        defaults = storage.StorageOptions.from_env()
-
-        def ours(concurrency: int) -> float:
+        def ours(mode: str) -> float:
             cache = work / "cache"
-            t = time.perf_counter()
-            opts = {"verbose": False, "concurrency": concurrency}
+            opts = {"verbose": False, "concurrency": modes[mode]}
+            c0, t = time.process_time(), time.perf_counter()
             storage.resolve_dataset(uri, cache, options=opts)
             secs = time.perf_counter() - t
+            cpu[mode] += time.process_time() - c0
             shutil.rmtree(cache)
             return nbytes / secs / 1e6
 
-        raw()  # warm the server's caches and the connection pool once
-        raws, parallel, serial = [], [], []
-        for _ in range(args.repeats):  # interleaved, so load changes hit all three alike
-            raws.append(raw())
-            parallel.append(ours(defaults.concurrency))
-            serial.append(ours(1))
-        raw_mbs = statistics.median(raws)
-        par_mbs, ser_mbs = statistics.median(parallel), statistics.median(serial)
+        # warm the server's caches, the connection pools and each mode's client once
+        raw(count=False)
+        for mode in modes:
+            ours(mode)
+        cpu.update(default=0.0, other=0.0)
+        runs: dict[str, list[float]] = {"raw": [], "default": [], "other": []}
+        for _ in range(args.repeats):  # interleaved, so load changes hit all of them alike
+            runs["raw"].append(raw())
+            runs["default"].append(ours("default"))
+            runs["other"].append(ours("other"))
+        med = {k: statistics.median(v) for k, v in runs.items()}
+        gb = nbytes * args.repeats / 1e9
+        cpu_s_per_gb = {k: round(v / gb, 2) for k, v in cpu.items()}
         result = {
             "shards": args.shards,
             "bytes": nbytes,
             "cpus": os.cpu_count(),
             "upload_mb_s": round(nbytes / upload_s / 1e6, 1),
-            "raw_boto3_get_mb_s": round(raw_mbs, 1),
-            "diffar_fetch_mb_s": round(par_mbs, 1),
-            "ratio": round(par_mbs / raw_mbs, 3),
+            "raw_boto3_get_mb_s": round(med["raw"], 1),
+            "diffar_fetch_mb_s": round(med["default"], 1),
+            "ratio": round(med["default"] / med["raw"], 3),
             "concurrency": defaults.concurrency,
-            "diffar_fetch_serial_mb_s": round(ser_mbs, 1),
-            "ratio_serial": round(ser_mbs / raw_mbs, 3),
-            "raw_runs": [round(x, 1) for x in raws],
-            "diffar_runs": [round(x, 1) for x in parallel],
-            "diffar_serial_runs": [round(x, 1) for x in serial],
+            "other_concurrency": other,
+            "other_fetch_mb_s": round(med["other"], 1),
+            "other_ratio": round(med["other"] / med["raw"], 3),
+            "runs_mb_s": {k: [round(x, 1) for x in v] for k, v in runs.items()},
+            "client_cpu_s_per_gb": cpu_s_per_gb,
             "goal": 0.8,
         }
         if args.json:
             print(json.dumps(result))
         else:
-            c = defaults.concurrency
+            d, o = label(defaults.concurrency), label(other)
             print(
                 f"S3 shard fetch, {args.shards} x {args.shard_mb} MB, SeaweedFS on loopback, "
-                f"{os.cpu_count()} CPUs, median of {args.repeats}"
+                f"{os.cpu_count()} CPUs, median of {args.repeats} (MB/s; client CPU s/GB)"
             )
-            print(f"  upload (diffar writer)          {result['upload_mb_s']:8.1f} MB/s")
-            print(f"  raw boto3 GET                   {raw_mbs:8.1f} MB/s   {result['raw_runs']}")
-            print(
-                f"  diffar fetch+verify, {c} ranges   {par_mbs:8.1f} MB/s   {result['diffar_runs']}"
-            )
-            print(
-                f"  diffar fetch+verify, 1 stream   {ser_mbs:8.1f} MB/s   "
-                f"{result['diffar_serial_runs']}"
-            )
-            print(f"  ratio diffar / raw              {result['ratio']:8.3f}   (goal >= 0.8)")
-            print(f"  ratio diffar (1 stream) / raw   {result['ratio_serial']:8.3f}")
+            print(f"  upload (diffar writer)                    {result['upload_mb_s']:8.1f}")
+            rows = [
+                ("raw boto3 GET", "raw"),
+                (f"diffar fetch+verify, {d} (default)", "default"),
+                (f"diffar fetch+verify, {o}", "other"),
+            ]
+            for name, k in rows:
+                print(
+                    f"  {name:<42}{med[k]:8.1f}   cpu {cpu_s_per_gb[k]:5.2f}   "
+                    f"runs {result['runs_mb_s'][k]}"
+                )
+            for name, key in (("(default)", "ratio"), (f"({o})", "other_ratio")):
+                goal = "   (goal >= 0.8)" if key == "ratio" else ""
+                print(f"  {'ratio diffar / raw ' + name:<42}{result[key]:8.3f}{goal}")
         return 0
     finally:
         server.stop()

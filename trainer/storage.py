@@ -33,7 +33,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
@@ -109,6 +109,10 @@ def split_s3(uri: str) -> tuple[str, str]:
 # ---------------------------------------------------------------- options
 
 
+def _default_concurrency() -> int:
+    return min(8, max(1, (os.cpu_count() or 1) // 4))
+
+
 def _env_float(name: str, default: float) -> float:
     try:
         return float(os.environ.get(name, default))
@@ -131,7 +135,10 @@ class StorageOptions:
     read_timeout: float = 60.0
     part_size: int = 16 << 20  # multipart upload part size
     range_size: int = 16 << 20  # parallel ranged-GET piece size (objects of 2+ pieces)
-    concurrency: int = 4  # parallel parts per object, upload and download
+    # Parallel parts per object (multipart upload, ranged GETs). They pay off against real S3
+    # (one stream there gives 50-100 MB/s) but need spare cores: with few CPUs one stream with
+    # overlapped hashing is faster, so the default scales with the machine.
+    concurrency: int = field(default_factory=lambda: _default_concurrency())
     verbose: bool = True  # progress and throughput lines on stderr
 
     @classmethod
@@ -147,7 +154,7 @@ class StorageOptions:
             backoff_max=_env_float("DIFFAR_S3_BACKOFF_MAX", cls.backoff_max),
             connect_timeout=_env_float("DIFFAR_S3_CONNECT_TIMEOUT", cls.connect_timeout),
             read_timeout=_env_float("DIFFAR_S3_READ_TIMEOUT", cls.read_timeout),
-            concurrency=max(1, int(_env_float("DIFFAR_S3_CONCURRENCY", cls.concurrency))),
+            concurrency=max(1, int(_env_float("DIFFAR_S3_CONCURRENCY", _default_concurrency()))),
         )
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)

@@ -536,21 +536,24 @@ class S3Store(Store):
         try:
             os.ftruncate(fd, size)
 
-            def fetch(i: int) -> bytearray:
+            def fetch(i: int) -> list[bytes]:
                 off = offsets[i]
-                buf = bytearray()
+                chunks: list[bytes] = []
+                at = off
 
                 def sink(b: bytes) -> None:
-                    buf.extend(b)
+                    nonlocal at
+                    os.pwrite(fd, b, at)  # in place as it arrives; kept for the hash
+                    at += len(b)
+                    chunks.append(b)
                     if progress:
                         progress(len(b))
 
                 self._stream(key, off, min(size, off + piece), sink)
-                os.pwrite(fd, buf, off)
                 with lock:
                     log_f.write(f"{i}\n")
                     log_f.flush()
-                return buf
+                return chunks
 
             h = hashlib.sha256()
             window = self.opts.concurrency + 2  # pieces in memory at most: bounded
@@ -562,13 +565,14 @@ class S3Store(Store):
                         pending[submitted] = pool.submit(fetch, submitted)
                     submitted += 1
                 if i in done:
-                    buf = os.pread(fd, min(piece, size - off), off)
+                    bufs = [os.pread(fd, min(piece, size - off), off)]
                     if progress:
-                        progress(len(buf))
+                        progress(len(bufs[0]))
                 else:
-                    buf = pending.pop(i).result()
-                h.update(buf)  # in order, while the pool fetches the next pieces
-                del buf
+                    bufs = pending.pop(i).result()
+                for b in bufs:  # in order, while the pool fetches the next pieces
+                    h.update(b)
+                del bufs
             return h.hexdigest(), bool(done)
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
