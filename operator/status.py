@@ -391,6 +391,13 @@ def decide(body: dict, observed: Observed, settings: Settings, now: datetime) ->
     ev = observed.eval_job
     children["evalJob"] = run.eval_job_name
     if ev is None:
+        # spec.evaluation is mutable until the evaluator starts: refresh eval.json first.
+        fresh = builders.build_config_map(run, settings)["data"][builders.EVAL_JSON]
+        current = ((observed.config_map or {}).get("data") or {}).get(builders.EVAL_JSON)
+        if observed.config_map is not None and current != fresh:
+            d.patch.append(
+                ("ConfigMap", run.config_map_name, {"data": {builders.EVAL_JSON: fresh}})
+            )
         d.create.append(builders.build_eval_job(run, settings))
         if suspend:
             return finish(

@@ -250,3 +250,17 @@ def test_a_mutable_field_going_bad_mid_training_warns_but_does_not_fail(manifest
     assert ("Warning", "InvalidSpec") in [e[:2] for e in d.events]
     again = step(manifest, d.status, st.Observed(config_map=own, train_job=running))
     assert [e for e in again.events if e[1] == "InvalidSpec"] == []
+
+
+def test_eval_settings_edited_before_evaluation_reach_eval_json(manifest):
+    first = step(manifest, None, st.Observed())
+    cm = first.create[0]
+    succeeded = job("PyTorchJob", "mdm-small-train", [("Succeeded", "")])
+    d = step(manifest, {"phase": "Training"}, st.Observed(config_map=cm, train_job=succeeded))
+    assert d.patch == [] and [o["kind"] for o in d.create] == ["Job"]
+    manifest["spec"]["evaluation"] = {"tasks": ["piqa"], "mcSamples": 8}
+    d = step(manifest, {"phase": "Training"}, st.Observed(config_map=cm, train_job=succeeded))
+    ((kind, name, patch),) = d.patch
+    assert (kind, name) == ("ConfigMap", "mdm-small-config")
+    fresh = json.loads(patch["data"]["eval.json"])
+    assert fresh["tasks"] == ["piqa"] and fresh["samples"] == 8
