@@ -11,13 +11,22 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from pathlib import Path
 
 import jsonschema
 import pytest
 import yaml
 
-from .conftest import ALL_OPTIONS, DASHBOARDS, run
+from .conftest import ALL_OPTIONS, DASHBOARDS, ROOT, run
+from .promql_lint import (
+    GRAFANA_VARS,
+    dashboard_rules,
+    expressions,
+    load,
+    panels,
+    variable_queries,
+)
 
 FILES = sorted(DASHBOARDS.glob("*.json"))
 DS_REF = {
@@ -138,8 +147,6 @@ DASHBOARD = {
         },
     },
 }
-# Grafana's built-in variables, replaced by sample values before promtool parses an expression.
-GRAFANA_VARS = {"__rate_interval": "1m", "__interval": "1m", "__range": "1h"}
 PROMQL_KEYWORDS = {
     "by",
     "without",
@@ -155,36 +162,6 @@ PROMQL_KEYWORDS = {
     "inf",
     "nan",
 }
-
-
-def load(path: Path) -> dict:
-    return json.loads(path.read_text())
-
-
-def panels(d: dict) -> list[dict]:
-    out = []
-    for p in d["panels"]:
-        out.append(p)
-        out += p.get("panels") or []
-    return out
-
-
-def expressions(d: dict) -> list[str]:
-    return [t["expr"] for p in panels(d) for t in p.get("targets") or []]
-
-
-def variable_queries(d: dict) -> list[str]:
-    return [v["query"]["query"] for v in d["templating"]["list"] if v["type"] == "query"]
-
-
-def substitute(expr: str) -> str:
-    """Grafana variables -> sample values, so the expression is plain PromQL."""
-
-    def value(m: re.Match) -> str:
-        name = m.group(1) or m.group(2)
-        return GRAFANA_VARS.get(name, ".*")
-
-    return re.sub(r"\$\{(\w+)\}|\$(\w+)", value, expr)
 
 
 def metric_names(expr: str) -> set[str]:
@@ -343,19 +320,8 @@ def test_dashboards_cover_the_run_signals():
 
 
 def _rules_file(tmp_path: Path, exprs: list[str]) -> Path:
-    rules = {
-        "groups": [
-            {
-                "name": "dashboards",
-                "rules": [
-                    {"record": f"diffar:dashboard_check:{i}", "expr": substitute(e)}
-                    for i, e in enumerate(exprs)
-                ],
-            }
-        ]
-    }
     path = tmp_path / "rules.yaml"
-    path.write_text(yaml.safe_dump(rules, sort_keys=False))
+    path.write_text(yaml.safe_dump(dashboard_rules(exprs), sort_keys=False))
     return path
 
 
@@ -386,3 +352,18 @@ def test_promtool_checks_the_charts_alerting_rules(promtool, render, exported, t
         for r in group["rules"]:
             used |= metric_names(r["expr"])
     assert used and used - exported == set()
+
+
+def test_promql_lint_script(helm, promtool):
+    """The `make lint` entry point: both checks pass."""
+    out = run(
+        [
+            sys.executable,
+            str(ROOT / "tests" / "deploy" / "promql_lint.py"),
+            "--helm",
+            helm,
+            "--promtool",
+            promtool,
+        ]
+    ).stdout
+    assert out.count(": ok") == 2, out

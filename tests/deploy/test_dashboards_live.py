@@ -22,7 +22,7 @@ import pytest
 import yaml
 
 from .conftest import ALL_OPTIONS, DASHBOARDS, find_tool
-from .test_dashboards import expressions, load, variable_queries
+from .promql_lint import expressions, load, variable_queries
 
 pytestmark = pytest.mark.integration
 
