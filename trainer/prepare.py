@@ -328,6 +328,7 @@ def prepare(
     train_last_doc_index = -1
     total_docs = 0
     counting = _CharCounter(iter_documents(inputs, text_unit))
+    failed = True
     try:
         for batch in iter_token_batches(counting, num_threads=num_threads, encoder=encoder):
             for ids in batch:
@@ -355,8 +356,12 @@ def prepare(
             if split == "done":
                 break
         chars = counting.chars
+        failed = False
     finally:
         bar.close()
+        if failed:  # bad input or an upload error mid-way: stop uploads, drop staging files
+            for w in writers.values():
+                w.abort()
 
     if total_docs == 0:
         for w in writers.values():
@@ -390,35 +395,43 @@ def prepare(
 
     input_names = [str(p) for p in inputs]
     results: dict[str, SplitResult] = {}
-    for name, w in writers.items():
-        buf = buffers[name]
-        buf.flush()
-        if encoder.name != tok.NAME:
-            # A trained BPE travels with its dataset, so every later step reads the same one.
-            w.store.put_bytes(TOKENIZER_FILE, Path(tokenizer).read_bytes())
-        manifest = Manifest(
-            tokenizer=encoder.name,
-            vocab_size=encoder.vocab_size,
-            eod_id=encoder.eod_id,
-            total_tokens=buf.total,
-            documents=docs[name],
-            shards=tuple(buf.shards),
-            dtype=dtype,
-            source={
-                "inputs": input_names,
-                "split": name,
-                "text_unit": text_unit,
-                "unique_tokens": unique_tokens if name == "train" else None,
-                "first_document": 0 if name == "train" else train_last_doc_index + 1,
-                "note": (
-                    "the first unique_tokens tokens of the document stream"
-                    if name == "train"
-                    else "documents after the last training document; disjoint from train"
-                ),
-            },
-        )
-        w.finish(manifest)
-        results[name] = SplitResult(name, w.uri, buf.total, docs[name], len(buf.shards), manifest)
+    try:
+        for name, w in writers.items():
+            buf = buffers[name]
+            buf.flush()
+            if encoder.name != tok.NAME:
+                # A trained BPE travels with its dataset, so every later step reads the same one.
+                w.store.put_bytes(TOKENIZER_FILE, Path(tokenizer).read_bytes())
+            manifest = Manifest(
+                tokenizer=encoder.name,
+                vocab_size=encoder.vocab_size,
+                eod_id=encoder.eod_id,
+                total_tokens=buf.total,
+                documents=docs[name],
+                shards=tuple(buf.shards),
+                dtype=dtype,
+                source={
+                    "inputs": input_names,
+                    "split": name,
+                    "text_unit": text_unit,
+                    "unique_tokens": unique_tokens if name == "train" else None,
+                    "first_document": 0 if name == "train" else train_last_doc_index + 1,
+                    "note": (
+                        "the first unique_tokens tokens of the document stream"
+                        if name == "train"
+                        else "documents after the last training document; disjoint from train"
+                    ),
+                },
+            )
+            w.finish(manifest)
+            results[name] = SplitResult(
+                name, w.uri, buf.total, docs[name], len(buf.shards), manifest
+            )
+    except BaseException:
+        for w in writers.values():
+            w.abort()
+        raise
+
     return PrepareResult(
         train=results["train"],
         val=results.get("val"),

@@ -317,3 +317,42 @@ def test_parallel_download_resumes_finished_pieces_of_a_killed_process(bucket, t
     assert dest.read_bytes() == raw
     gets = [r for r in proxy.requests if r.startswith("GET") and "shard-00000.bin" in r]
     assert len(gets) == 3  # only pieces 1, 3 and 4
+
+
+def test_failed_upload_leaves_no_manifest(bucket, tmp_path, proxy, capsys):
+    src = write_corpus(tmp_path / "c.jsonl")
+    proxy.fail(1000, status=503, code="SlowDown", match="shard-00001.bin")
+    err = one_line_error(
+        capsys,
+        ["data", "prepare", str(src), "--out", f"s3://{bucket}/ds", "--unique-tokens", "3000",
+         "--shard-tokens", "1000", "--quiet"],
+    )  # fmt: skip
+    assert f"s3://{bucket}/ds/train/shard-00001.bin: the store kept failing (SlowDown)" in err
+    assert not storage.open_store(f"s3://{bucket}/ds").exists("train/manifest.json")
+
+
+def test_train_refuses_a_dataset_of_another_vocabulary(dataset, tmp_path):
+    import subprocess
+    import sys
+
+    import yaml
+
+    cfg = {
+        "objective": "ar",
+        "model": {"preset": "nano", "seq_len": 32, "vocab_size": 128, "dropout": 0},
+        "data": {"train_uri": dataset, "cache_dir": str(tmp_path / "cache")},
+        "metrics": {"port": None},
+    }
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    r = subprocess.run(
+        [sys.executable, "-m", "diffar.operator.cli", "train", "--config", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert r.stderr.strip() == (
+        f"diffar train: error: {dataset}: dataset vocab_size 50257 does not match the run's "
+        "model.vocab_size 128; fix model.vocab_size or re-prepare the data"
+    )
