@@ -24,6 +24,7 @@ from diffar.operator.api import GROUP, KIND_BY_PLURAL, KINDS, VERSION
 from diffar.operator.builders import LABEL_RUN, grouping_key, pushgateway_url
 from diffar.operator.kube import Kube
 from diffar.operator.runs import Run, Settings, SpecError
+from diffar.operator.status import is_finished
 
 log = logging.getLogger("diffar.operator")
 FINALIZER = "diffar.io/finalizer"
@@ -60,7 +61,7 @@ def on_run(resource: kopf.Resource, namespace: str, name: str, memo: kopf.Memo, 
 def on_timer(
     resource: kopf.Resource, namespace: str, name: str, status: dict, memo: kopf.Memo, **_
 ) -> None:
-    if status.get("phase") in ("Succeeded", "Failed") and status.get("reason") != "InvalidSpec":
+    if is_finished(status):
         return
     _reconcile(memo, KIND_BY_PLURAL[resource.plural].kind, namespace, name, scrape=True)
 

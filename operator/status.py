@@ -9,12 +9,12 @@ Phases and their reasons:
 
 | phase | reason | when |
 | --- | --- | --- |
-| Pending | ChildrenCreated, PodsPending | PyTorchJob created, its pods not running yet |
+| Pending | ChildrenCreated, PodsPending, WaitingForOldChildren | PyTorchJob created, pods not running yet |
 | Queued | QueuedByKueue | the PyTorchJob waits, suspended, for Kueue's admission |
 | Training | TrainingRunning, TrainingRestarting | PyTorchJob Running (or Restarting) |
 | Evaluating | EvaluationRunning | training succeeded; evaluator Job running |
 | Succeeded | EvaluationSucceeded, TrainingSucceeded | results in status (or evaluation disabled) |
-| Failed | one of `FailureReason` | terminal |
+| Failed | one of `FailureReason` | terminal, except the `RETRYABLE` reasons |
 | Suspended | SuspendedByUser | spec.suspend is true |
 """
 
@@ -40,6 +40,15 @@ class FailureReason(StrEnum):
     EVALUATION_FAILED = "EvaluationFailed"
 
 
+# Failures that a later change can clear (an edited spec, a conflicting object removed): the
+# operator keeps re-evaluating them instead of treating the run as finished.
+RETRYABLE = (FailureReason.INVALID_SPEC, FailureReason.CHILD_CONFLICT)
+
+
+def is_finished(status: dict) -> bool:
+    return status.get("phase") in TERMINAL_PHASES and status.get("reason") not in RETRYABLE
+
+
 class Reason(StrEnum):
     VALIDATED = "Validated"
     CHILDREN_CREATED = "ChildrenCreated"
@@ -53,6 +62,7 @@ class Reason(StrEnum):
     SUSPENDED = "SuspendedByUser"
     NOT_SUSPENDED = "NotSuspended"
     NOT_STARTED = "NotStarted"
+    WAITING_FOR_OLD_CHILDREN = "WaitingForOldChildren"
 
 
 @dataclass
@@ -306,7 +316,7 @@ def decide(body: dict, observed: Observed, settings: Settings, now: datetime) ->
     extra: dict[str, Any] = {"children": children}
 
     # A terminal run stays terminal; only its status is kept fresh.
-    if prev.get("phase") in TERMINAL_PHASES and prev.get("reason") != FailureReason.INVALID_SPEC:
+    if is_finished(prev):
         return finish(_Outcome(prev["phase"], prev.get("reason", ""), prev.get("message", "")), run)
 
     # 2. Children that must exist, owned by this run.
@@ -316,6 +326,12 @@ def decide(body: dict, observed: Observed, settings: Settings, now: datetime) ->
         (observed.eval_job, run.eval_job_name, "Job"),
     ):
         if obj is not None and not owned_by(obj, run.uid):
+            if _owned_by_namesake(obj, run):
+                # A deleted run of the same name: its children are being garbage-collected.
+                msg = f"{kind} {name} of a deleted run of this name is still being removed"
+                return finish(
+                    _Outcome("Pending", Reason.WAITING_FOR_OLD_CHILDREN, msg), run, **extra
+                )
             msg = f"{kind} {name} exists and is not owned by this run; delete or rename it"
             return finish(_Outcome("Failed", FailureReason.CHILD_CONFLICT, msg), run, **extra)
     if observed.config_map is None:
@@ -426,6 +442,14 @@ def decide(body: dict, observed: Observed, settings: Settings, now: datetime) ->
     if suspend:
         return finish(_Outcome("Suspended", Reason.SUSPENDED, "spec.suspend is true"), run, **extra)
     return finish(_Outcome("Evaluating", Reason.EVALUATION_RUNNING, ""), run, **extra)
+
+
+def _owned_by_namesake(obj: dict, run: Run) -> bool:
+    refs = (obj.get("metadata") or {}).get("ownerReferences") or []
+    return any(
+        r.get("controller") and r.get("kind") == run.kind.kind and r.get("name") == run.name
+        for r in refs
+    )
 
 
 def _training_reason(status: dict, outcome: _Outcome) -> str:

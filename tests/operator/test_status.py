@@ -217,6 +217,23 @@ def test_child_conflict(manifest):
     foreign = {"metadata": {"name": "mdm-small-config", "ownerReferences": []}}
     d = step(manifest, None, st.Observed(config_map=foreign))
     assert d.phase == "Failed" and d.status["reason"] == "ChildConflict" and d.create == []
+    # Not final: once the foreign object is gone, the run starts.
+    d = step(manifest, d.status, st.Observed())
+    assert d.phase == "Pending" and len(d.create) == 2
+
+
+def test_children_of_a_deleted_namesake_are_waited_for(manifest):
+    old = {
+        "metadata": {
+            "name": "mdm-small-train",
+            "ownerReferences": [
+                {"kind": "DiffusionRun", "name": "mdm-small", "uid": "old", "controller": True}
+            ],
+        }
+    }
+    d = step(manifest, None, st.Observed(train_job=old))
+    assert d.phase == "Pending" and d.status["reason"] == "WaitingForOldChildren"
+    assert d.create == []
 
 
 def test_condition_transition_time_is_stable():
