@@ -32,7 +32,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import unquote, urlparse
@@ -392,12 +392,20 @@ class DatasetWriter:
             return write_shard(self.store.root / name, tokens, str(tokens.dtype))
         assert self._staging is not None and self._pool is not None
         # At most two uploads in flight: bounded local disk, and tokenizing goes on meanwhile.
-        while len([f for f in self._pending if not f.done()]) >= 2:
-            self._pending[0].result()
-            self._pending = [f for f in self._pending if not f.done()]
+        self._drain(limit=2)
         info = write_shard(self._staging / name, tokens, str(tokens.dtype))
         self._pending.append(self._pool.submit(self._upload, name))
         return info
+
+    def _drain(self, limit: int) -> None:
+        """Wait until fewer than `limit` uploads are in flight; an upload's error raises here."""
+        while True:
+            for f in [f for f in self._pending if f.done()]:
+                f.result()
+                self._pending.remove(f)
+            if len(self._pending) < limit:
+                return
+            wait(self._pending, return_when=FIRST_COMPLETED)
 
     def _upload(self, name: str) -> None:
         assert self._staging is not None
@@ -407,8 +415,7 @@ class DatasetWriter:
 
     def finish(self, manifest: Manifest) -> None:
         try:
-            for f in self._pending:
-                f.result()
+            self._drain(limit=1)
         finally:
             self._close()
         if self.remote:
