@@ -55,8 +55,7 @@ bench: $(STAMP)
 	@for b in bench/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
 
 manifests: $(STAMP)
-	$(BIN)/diffar crds --out crds
-	$(BIN)/diffar crds --out charts/diffar/crds
+	$(BIN)/diffar crds --out crds --out charts/diffar/crds --reference docs/crd-reference.md
 
 quickstart: $(STAMP)
 	$(BIN)/diffar quickstart

@@ -28,7 +28,8 @@ DNS1035 = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
 DNS1123_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 DNS1123_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 # A store URI the trainer reads: s3://bucket/prefix or file:///absolute/path.
-STORE_URI = r"^(s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?|file:///.*)$"
+# s3://bucket/prefix, file:///abs/path, or a relative path (only `diffar run --local` accepts those).
+STORE_URI = r"^(s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?|file:///.*|[A-Za-z0-9._][^:]*)$"
 QUANTITY = (
     r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]"
     r"|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
@@ -101,6 +102,13 @@ class ModelSpec(_Spec):
         None, ge=1, le=512, description="Attention heads; dim / heads must be an even integer."
     )
     seqLen: int = Field(2048, ge=2, le=131072, description="Sequence length L in tokens.")
+    vocabSize: int = Field(
+        50257,
+        ge=2,
+        le=1_000_000,
+        description="Tokenizer vocabulary of the data (GPT-2: 50257); the model pads it to a "
+        "multiple of 64 with room for the diffusion mask token.",
+    )
 
 
 class DataSpec(_Spec):
@@ -292,6 +300,9 @@ class EvaluationSpec(_Spec):
         description="Monte Carlo samples of the diffusion ELBO (validation and tasks); AR "
         "computes exact likelihoods and ignores it.",
     )
+    limit: int | None = Field(
+        None, ge=1, description="Score at most N instances per task (quick runs); unset: all."
+    )
     gpus: int = Field(1, ge=0, le=64, description="GPUs of the evaluator pod (0: CPU only).")
     pushgatewayUrl: str | None = Field(
         None,
@@ -299,6 +310,29 @@ class EvaluationSpec(_Spec):
         pattern=r"^https?://[^\s]+$",
         description="Prometheus Pushgateway for the final metrics; defaults to the operator's "
         "DIFFAR_PUSHGATEWAY_URL.",
+    )
+
+
+class ValidationSpec(_Spec):
+    """Validation loss during training (exact NLL for AR, the ELBO bound for diffusion)."""
+
+    interval: int | None = Field(
+        None,
+        ge=1,
+        description="Validate every N optimizer steps and at the end (needs data.valUri); "
+        "unset: only the evaluator measures validation loss.",
+    )
+    maxTokens: int = Field(
+        262144, ge=2, description="Validation tokens used: the first N of data.valUri."
+    )
+
+
+class LocalSpec(_Spec):
+    """Settings for `diffar run --local` on one machine; the operator ignores them."""
+
+    processes: int = Field(1, ge=1, le=64, description="Trainer processes (torchx local_cwd).")
+    threads: int | None = Field(
+        None, ge=1, le=1024, description="CPU threads per process (default: cores / processes)."
     )
 
 
@@ -429,6 +463,9 @@ class RunSpec(_Spec):
     checkpoint: CheckpointSpec = Field(
         default_factory=CheckpointSpec, description="Checkpoint store, interval and retention."
     )
+    validation: ValidationSpec = Field(
+        default_factory=ValidationSpec, description="Validation loss during training."
+    )
     evaluation: EvaluationSpec = Field(
         default_factory=EvaluationSpec, description="Evaluation after training."
     )
@@ -437,6 +474,9 @@ class RunSpec(_Spec):
         default_factory=SchedulingSpec, description="Kueue or Volcano scheduling."
     )
     images: ImagesSpec = Field(default_factory=ImagesSpec, description="Container images.")
+    local: LocalSpec = Field(
+        default_factory=LocalSpec, description="Settings for `diffar run --local` only."
+    )
     maxRestarts: int = Field(
         3,
         ge=0,

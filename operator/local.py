@@ -40,6 +40,7 @@ class LocalRun:
     eval_config: dict | None
     processes: int
     total_steps: int
+    threads: int | None = None
 
     @property
     def train_json(self) -> Path:
@@ -66,22 +67,18 @@ def resolve(manifest: dict, root: Path, processes: int | None = None) -> LocalRu
     """The manifest as a local run: the operator's TrainConfig with local paths filled in."""
     from diffar.operator.runs import Run, SpecError, train_config, validate
     from diffar.trainer.plan import plan_run
-    from diffar.trainer.storage import is_remote
 
     try:
         run = Run.from_body(manifest)
     except SpecError as e:
         raise UserError(f"invalid run manifest: {e}") from None
-    problems = validate(run)
+    problems = validate(run, local=True)
     if problems:
         raise UserError("invalid run manifest: " + "; ".join(problems))
     run_dir = root / run.name
     cfg = train_config(run)
     nproc = processes or _local_processes(run)
-    checkpoint_dir = cfg.checkpoint.dir
-    if not checkpoint_dir or not is_remote(checkpoint_dir):
-        # A cluster path (a PVC mount) means nothing here: local runs keep checkpoints in runs/.
-        checkpoint_dir = str(run_dir / "checkpoints")
+    checkpoint_dir = cfg.checkpoint.dir or str(run_dir / "checkpoints")
     validation = cfg.validation
     if cfg.data.val_uri and validation.interval is None:
         validation = validation.model_copy(
@@ -108,19 +105,25 @@ def resolve(manifest: dict, root: Path, processes: int | None = None) -> LocalRu
             "data_uri": cfg.data.val_uri,
             "tasks": list(ev.tasks),
             "samples": ev.mcSamples,
-            "limit": getattr(ev, "limit", None),
+            "limit": ev.limit,
             "output_uri": str(run_dir / "results.json"),
             "cache_dir": str(run_dir / "cache"),
             "device": "cpu",
         }
     return LocalRun(
-        run.name, run.objective, run_dir, cfg, eval_cfg, nproc, plan_run(cfg).total_steps
+        run.name,
+        run.objective,
+        run_dir,
+        cfg,
+        eval_cfg,
+        nproc,
+        plan_run(cfg).total_steps,
+        threads=run.spec.local.threads,
     )
 
 
 def _local_processes(run) -> int:
-    local = getattr(run.spec, "local", None)
-    return getattr(local, "processes", None) or 1
+    return run.spec.local.processes
 
 
 # ------------------------------------------------------------------------------ status
@@ -268,7 +271,7 @@ def run_local(
     """Train (resuming), then evaluate; returns the final status. Idempotent once complete."""
     display = display or _Display(run.name)
     run.dir.mkdir(parents=True, exist_ok=True)
-    threads = threads or max(1, (os.cpu_count() or 1) // run.processes)
+    threads = threads or run.threads or max(1, (os.cpu_count() or 1) // run.processes)
     results = results_from(run.results_json)
     if (
         results is not None

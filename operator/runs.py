@@ -9,7 +9,6 @@ trainer's own arithmetic.
 
 from __future__ import annotations
 
-import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -27,6 +26,7 @@ from diffar.operator.api import (
     RunSpec,
 )
 from diffar.trainer.errors import UserError
+from diffar.trainer.plan import sequences_per_epoch, total_steps
 
 CONFIG_DIR = "/etc/diffar"
 CACHE_DIR = "/var/cache/diffar"
@@ -156,24 +156,9 @@ def format_validation(e: ValidationError, *, prefix: str) -> list[str]:
     return out
 
 
-def sequences_per_epoch(unique_tokens: int, seq_len: int) -> int:
-    # Each training sequence takes L+1 tokens (inputs and shifted targets overlap by L):
-    # the trainer's epoch sampler cuts (U - 1) // L sequences from U tokens.
-    return (unique_tokens - 1) // seq_len
-
-
-def total_steps(unique_tokens: int, seq_len: int, epochs: float, global_batch: int) -> int:
-    """Optimizer steps of a run: floor(E * floor((U-1)/L) / B).
-
-    Mirrors the trainer's plan (diffar.trainer.plan.plan_run) so the operator can fill
-    status.progress.totalSteps before the trainer starts.
-    """
-    return math.floor(epochs * sequences_per_epoch(unique_tokens, seq_len) / global_batch)
-
-
 def planned_steps(run: Run) -> int:
     s = run.spec
-    steps = total_steps(s.data.uniqueTokens, s.model.seqLen, s.data.epochs, s.training.globalBatch)
+    steps = total_steps(s.data.uniqueTokens, s.data.epochs, s.model.seqLen, s.training.globalBatch)
     if s.training.maxSteps is not None:
         steps = min(steps, s.training.maxSteps)
     return steps
@@ -189,6 +174,7 @@ def train_config(run: Run):  # -> diffar.trainer.config.TrainConfig
         ModelConfig,
         OptimConfig,
         TrainConfig,
+        ValidationConfig,
     )
 
     s = run.spec
@@ -206,6 +192,7 @@ def train_config(run: Run):  # -> diffar.trainer.config.TrainConfig
             n_layers=s.model.layers,
             n_heads=s.model.heads,
             seq_len=s.model.seqLen,
+            vocab_size=s.model.vocabSize,
             dropout=s.training.dropout,
         ),
         data=DataConfig(
@@ -232,12 +219,16 @@ def train_config(run: Run):  # -> diffar.trainer.config.TrainConfig
         checkpoint=CheckpointConfig(
             dir=s.checkpoint.uri, interval=s.checkpoint.interval, keep=s.checkpoint.keep
         ),
+        validation=ValidationConfig(
+            interval=s.validation.interval, max_tokens=s.validation.maxTokens
+        ),
         metrics=MetricsConfig(port=METRICS_PORT, log_interval=10),
     )
 
 
-def validate(run: Run) -> list[str]:
-    """Problems the CRD schema cannot catch; an empty list means the run can start."""
+def validate(run: Run, *, local: bool = False) -> list[str]:
+    """Problems the CRD schema cannot catch; an empty list means the run can start.
+    `local`: for `diffar run --local`, where relative paths name files on this machine."""
     from diffar.trainer.config import ConfigError
     from diffar.trainer.presets import PRESETS
 
@@ -276,7 +267,7 @@ def validate(run: Run) -> list[str]:
             f"seqLen {s.model.seqLen} (needs at least {s.model.seqLen + 1})"
         )
     elif (
-        total_steps(s.data.uniqueTokens, s.model.seqLen, s.data.epochs, s.training.globalBatch) < 1
+        total_steps(s.data.uniqueTokens, s.data.epochs, s.model.seqLen, s.training.globalBatch) < 1
     ):
         problems.append(
             f"the run has no optimizer step: epochs {s.data.epochs} x {seqs} sequences per epoch "
@@ -291,4 +282,15 @@ def validate(run: Run) -> list[str]:
         )
     if s.scheduling.kueue and s.scheduling.volcano:
         problems.append("spec.scheduling: choose one of kueue and volcano")
+    if not local:
+        for where, uri in (
+            ("spec.data.trainUri", s.data.trainUri),
+            ("spec.data.valUri", s.data.valUri),
+            ("spec.checkpoint.uri", s.checkpoint.uri),
+        ):
+            if uri and not uri.startswith(("s3://", "file:///")):
+                problems.append(
+                    f"{where} {uri!r} is a relative path, which only `diffar run --local` reads; "
+                    "on a cluster use s3:// or file:/// (a mounted volume)"
+                )
     return problems

@@ -6,7 +6,7 @@ import json
 from dataclasses import asdict, dataclass
 
 from diffar.trainer.config import ConfigError, TrainConfig
-from diffar.trainer.model import count_parameters, flops_per_token
+from diffar.trainer.sizing import count_parameters, flops_per_token
 
 
 @dataclass(frozen=True)

@@ -216,10 +216,10 @@ def test_total_steps_match_the_trainers_plan(u, seq, epochs, batch, manifest):
     manifest["spec"]["training"] = {"globalBatch": batch, "microBatch": 1}
     run = run_of(manifest)
     assert planned_steps(run) == plan_run(train_config(run)).total_steps
-    assert total_steps(u, seq, epochs, batch) == planned_steps(run)
+    assert total_steps(u, epochs, seq, batch) == planned_steps(run)
 
 
 def test_paper_quickstart_steps():
     # 99,952,399 tokens at L=2048: 48,804 sequences per epoch; AR 50 epochs at batch 256.
-    assert total_steps(99_952_399, 2048, 50, 256) == 9532
-    assert total_steps(99_952_399, 2048, 500, 256) == 95320
+    assert total_steps(99_952_399, 50, 2048, 256) == 9532
+    assert total_steps(99_952_399, 500, 2048, 256) == 95320

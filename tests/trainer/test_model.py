@@ -2,7 +2,8 @@ import pytest
 import torch
 
 from diffar.trainer.config import ModelConfig
-from diffar.trainer.model import Transformer, count_parameters, flops_per_token
+from diffar.trainer.model import Transformer
+from diffar.trainer.sizing import count_parameters, flops_per_token
 
 
 @pytest.mark.parametrize(("preset", "paper"), [("140M", 144.8e6), ("425M", 416.9e6)])
