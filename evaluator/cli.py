@@ -33,9 +33,16 @@ def _register_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--val-sequences", type=int, help="validation windows to score (default 256)")
     p.add_argument("--chain-rule-sequences", type=int, help="windows for the MDM chain rule")
     p.add_argument("--mdm-scoring", choices=["elbo", "chain_rule"], help="MDM answer scoring")
+    p.add_argument(
+        "--elbo-masking",
+        choices=["rate", "count"],
+        help="MDM ELBO masks: rate (training's, default) or count (lower variance)",
+    )
     p.add_argument("--batch-size", type=int, help="rows per forward pass (default 16)")
     p.add_argument("--device", help="auto, cpu, cuda, cuda:N")
-    p.add_argument("--tokenizer", choices=["gpt2", "bytes"], help="default: from the vocab")
+    p.add_argument(
+        "--tokenizer", help="gpt2, bytes, or a tokenizer.json path (default: from the vocab)"
+    )
     p.add_argument("--output", dest="output_uri", help="where results.json goes")
     p.add_argument("--pushgateway", help="Pushgateway URL (default: $DIFFAR_PUSHGATEWAY_URL)")
     p.add_argument("--seed", type=int)
@@ -57,6 +64,7 @@ def eval_config_from_args(args: argparse.Namespace):
         "val_sequences",
         "chain_rule_sequences",
         "mdm_scoring",
+        "elbo_masking",
         "batch_size",
         "device",
         "tokenizer",

@@ -47,6 +47,11 @@ class EvalConfig(BaseModel):
     )
     samples: int = Field(32, ge=1, description="Monte Carlo samples per sequence for MDM ELBOs")
     stratified: bool = Field(True, description="Stratified t across the samples (else i.i.d.)")
+    elbo_masking: Literal["rate", "count"] = Field(
+        "rate",
+        description="MDM ELBO masks: rate (training's: each token masked with probability p) or "
+        "count (exactly m of n tokens, m uniform in 1..n: same bound, lower variance)",
+    )
     chain_rule_sequences: int = Field(
         8, ge=0, description="Validation windows for the MDM chain-rule NLL (L passes each; 0: off)"
     )

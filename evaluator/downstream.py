@@ -60,6 +60,7 @@ def score_task(
     seq_len: int,
     mask_id: int | None = None,
     scoring: str = "elbo",
+    masking: str = "rate",
     samples: int = 32,
     eps: float = 1e-3,
     batch_size: int = 16,
@@ -131,6 +132,7 @@ def score_task(
                     samples=samples,
                     eps=eps,
                     batch_size=batch_size,
+                    masking=masking,
                 )
             for r, v in zip(chunk, values, strict=True):
                 i, c = requests[r][:2]

@@ -63,6 +63,45 @@ def stratified_times(
     return torch.remainder(u + k, 1.0)
 
 
+MASKINGS = ("rate", "count")
+
+
+def draw_masks(
+    clean: torch.Tensor,
+    scorable: torch.Tensor | None,
+    t: torch.Tensor,
+    masking: str,
+    eps: float,
+    mask_id: int,
+    generator: torch.Generator,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Masks for rows (B, T) at times t (B,) in [0, 1): (masked (B, T) bool, weight rate p (B,)).
+
+    "rate" (training's): p = (1-eps) t + eps, each scorable token masked with probability p.
+    "count": m = floor(t n) + 1 of the row's n scorable tokens masked, exactly, uniformly at
+    random, with p = m / n. Integrating the rate form over t gives sum over m of g(m) / m (g(m):
+    the expected CE summed over m random masked tokens), which is what the count form estimates
+    directly (eps = 0), without the binomial noise in how many tokens get masked and without
+    the 1/p weights' heavy tail at small p. Both feed `CE / p` over masked tokens.
+    """
+    t = t.to(clean.device)
+    full = scorable is None
+    if masking == "rate":
+        p = mask_rate(t, eps).float()
+        _, masked = apply_mask(clean, p, mask_id, generator)
+        return (masked if full else masked & scorable), p
+    if masking != "count":
+        raise ValueError(f"unknown masking {masking!r}; known: {', '.join(MASKINGS)}")
+    n = torch.full_like(t, clean.shape[1]) if full else scorable.sum(1).to(t.dtype)
+    n = n.clamp(min=1)
+    m = torch.minimum((t * n).floor() + 1, n)
+    scores = torch.rand(clean.shape, generator=generator, device=clean.device)
+    if not full:
+        scores = torch.where(scorable, scores, 2.0)  # never among the m lowest
+    ranks = scores.argsort(dim=1).argsort(dim=1)
+    return ranks < m[:, None], (m / n).float()
+
+
 @torch.no_grad()
 def mdm_elbo(
     model: LogitsFn,
@@ -74,8 +113,10 @@ def mdm_elbo(
     eps: float = 1e-3,
     stratified: bool = True,
     batch_size: int = 32,
+    masking: str = "rate",
 ) -> torch.Tensor:
-    """Monte Carlo ELBO (upper bound on NLL, nats, summed over L tokens) of sequences (B, L) -> (B,).
+    """Monte Carlo ELBO (nats, summed over L tokens) of sequences (B, L) -> (B,); `masking` as
+    in `draw_masks` ("rate": the training estimator).
 
     `generator` must live on the sequences' device (masks are drawn there); times are drawn on it
     too when it is a CPU generator, else on the CPU with a seed taken from it.
@@ -88,8 +129,10 @@ def mdm_elbo(
     for s in range(0, B * samples, batch_size):
         idx = rows_seq[s : s + batch_size]
         clean = seqs[idx.to(seqs.device)]
-        p = mask_rate(rows_t[s : s + batch_size], eps).to(seqs.device, torch.float32)
-        noisy, masked = apply_mask(clean, p, mask_id, generator)
+        masked, p = draw_masks(
+            clean, None, rows_t[s : s + batch_size], masking, eps, mask_id, generator
+        )
+        noisy = torch.where(masked, mask_id, clean)
         logits = _logits(model, noisy, vocab_size)
         for r in range(clean.shape[0]):
             one = mdm_loss_from_logits(
@@ -166,10 +209,11 @@ def continuation_elbo_mdm(
     samples: int = 32,
     eps: float = 1e-3,
     batch_size: int = 32,
+    masking: str = "rate",
 ) -> list[float]:
     """Monte Carlo ELBO estimates of log p(continuation | clean context) (lower bounds, nats)
     for equal-length sequences whose continuation starts at `starts[i]`: only continuation
-    tokens are masked, at stratified rates, as in training; `samples` rows per sequence."""
+    tokens are masked, at stratified t (`masking` as in `draw_masks`); `samples` rows each."""
     device = _device_of(model)
     x = torch.tensor(seqs, device=device)
     R, T = x.shape
@@ -181,9 +225,10 @@ def continuation_elbo_mdm(
     for s in range(0, R * samples, batch_size):
         idx = owner[s : s + batch_size].to(device)
         clean = x[idx]
-        p = mask_rate(t[s : s + batch_size], eps).to(device, torch.float32)
-        _, drawn = apply_mask(clean, p, mask_id, generator)
-        masked = drawn & (pos[None, :] >= starts_t[idx][:, None])
+        scorable = pos[None, :] >= starts_t[idx][:, None]
+        masked, p = draw_masks(
+            clean, scorable, t[s : s + batch_size], masking, eps, mask_id, generator
+        )
         noisy = torch.where(masked, mask_id, clean)
         logits = _logits(model, noisy, vocab_size)
         totals[s : s + len(idx)] = masked_ce_over_p(logits, clean, masked, p)

@@ -103,7 +103,11 @@ def evaluate(cfg: EvalConfig, log=None) -> dict:
     from diffar.evaluator.tokenizers import get_tokenizer, tokenizer_for_vocab
     from diffar.evaluator.validation import evaluate_validation
     from diffar.trainer.export import load_export
-    from diffar.trainer.model import count_parameters, flops_per_token
+
+    try:
+        from diffar.trainer.sizing import count_parameters, flops_per_token
+    except ImportError:  # older trainers kept these in model.py
+        from diffar.trainer.model import count_parameters, flops_per_token
 
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     started = time.time()
@@ -150,12 +154,17 @@ def evaluate(cfg: EvalConfig, log=None) -> dict:
             max_sequences=cfg.val_sequences,
             chain_rule_sequences=cfg.chain_rule_sequences,
             stratified=cfg.stratified,
+            masking=cfg.elbo_masking,
             batch_size=cfg.batch_size,
             device=device,
             seed=cfg.seed,
             show_progress=cfg.progress,
         )
         validation = {k: v.to_dict() for k, v in estimates.items()}
+        if "elbo" in validation:
+            validation["elbo"].update(
+                samples=cfg.samples, stratified=cfg.stratified, masking=cfg.elbo_masking
+            )
         for k, v in estimates.items():
             log(
                 f"  val {k}: {v.loss:.4f} ± {v.stderr:.4f} nats/token, "
@@ -175,6 +184,7 @@ def evaluate(cfg: EvalConfig, log=None) -> dict:
             seq_len=tcfg.model.seq_len,
             mask_id=mask_id,
             scoring=cfg.mdm_scoring,
+            masking=cfg.elbo_masking,
             samples=cfg.samples,
             eps=eps,
             batch_size=cfg.batch_size,

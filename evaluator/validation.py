@@ -75,6 +75,7 @@ def evaluate_validation(
     max_sequences: int | None = None,
     chain_rule_sequences: int | None = 8,
     stratified: bool = True,
+    masking: str = "rate",
     batch_size: int = 8,
     device: str | torch.device = "cpu",
     seed: int = 0,
@@ -114,6 +115,7 @@ def evaluate_validation(
                 eps=eps,
                 stratified=stratified,
                 batch_size=max(batch_size, 1),
+                masking=masking,
             )
         )
     out["elbo"] = _estimate(torch.cat(chunks), seqs, token_bytes)

@@ -114,13 +114,15 @@ def test_eval_config_file_output_and_failed_push(tmp_path, capsys):
         f"model_uri: file://{ckpt}/export/model.pt\n"
         f"data_uri: {data}\nname: from-config\ntasks: []\nsamples: 2\nval_sequences: 2\n"
         f"chain_rule_sequences: 0\noutput_uri: {tmp_path / 'out'}\nprogress: false\n"
-        "pushgateway: http://127.0.0.1:1\n"
+        "pushgateway: http://127.0.0.1:1\nelbo_masking: count\n"
     )
     assert main(["eval", "--config", str(cfg)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("diffar eval: error: push to Pushgateway http://127.0.0.1:1 failed")
     results = json.loads((tmp_path / "out" / "results.json").read_text())
     assert results["run"] == "from-config" and sorted(results["validation"]) == ["elbo"]
+    assert results["validation"]["elbo"]["masking"] == "count"
+    assert results["validation"]["elbo"]["samples"] == 2
 
 
 def test_default_output_is_the_checkpoint_dir():
