@@ -65,7 +65,8 @@ class EvalConfig(BaseModel):
     batch_size: int = Field(16, ge=1, description="Rows per forward pass")
     device: str = Field("auto", description="auto (cuda when available), cpu, cuda, cuda:1, ...")
     tokenizer: str | None = Field(
-        None, description="gpt2 or bytes (default: implied by the model's vocabulary)"
+        None,
+        description="gpt2, bytes, or a tokenizer.json path (default: implied by the vocabulary)",
     )
     output_uri: str | None = Field(
         None, description="Where results.json goes (default: next to the checkpoint)"
