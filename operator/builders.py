@@ -23,7 +23,7 @@ importable. The operator fills:
 | model_uri | spec.checkpoint.uri (the evaluator loads the checkpoint's export/model.pt) |
 | name | the run's name (Pushgateway grouping job=diffar-eval, run=NAME) |
 | data_uri | spec.data.valUri |
-| tasks, samples | spec.evaluation.tasks, spec.evaluation.mcSamples |
+| tasks, samples, limit | spec.evaluation.tasks, .mcSamples, .limit |
 | output_uri | `<checkpoint.uri>/results.json` |
 | pushgateway | spec.evaluation.pushgatewayUrl, else the operator's DIFFAR_PUSHGATEWAY_URL |
 | seed, cache_dir, device, progress | training.seed, /var/cache/diffar, auto (cpu without GPUs), false |
@@ -76,6 +76,7 @@ class EvalConfigDoc(BaseModel):
     data_uri: str | None
     tasks: list[str]
     samples: int
+    limit: int | None = None
     output_uri: str | None
     pushgateway: str | None
     seed: int
@@ -103,6 +104,7 @@ def eval_config(run: Run, settings: Settings) -> dict[str, Any]:
         data_uri=s.data.valUri,
         tasks=list(s.evaluation.tasks),
         samples=s.evaluation.mcSamples,
+        limit=s.evaluation.limit,
         output_uri=f"{ckpt}/results.json" if ckpt else None,
         pushgateway=pushgateway_url(run, settings),
         seed=s.training.seed,

@@ -63,6 +63,7 @@ def test_eval_config_is_the_evaluators(manifest):
             "lambada",
         ],
         "samples": 32,
+        "limit": None,
         "output_uri": "s3://runs/mdm-small/ckpt/results.json",
         "pushgateway": "http://pushgateway.monitoring:9091",
         "seed": 1234,
