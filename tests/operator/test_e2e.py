@@ -325,3 +325,31 @@ def test_operator_validation_failures_and_training_failure(operator_env, kube, c
         assert kube.get("PyTorchJob", NS, "ar-fails-train") is None  # garbage-collected
     assert runner.exception is None, runner.stdout
     assert emu.created["pytorchjobs"] == before + 1
+
+
+def test_kueue_admission_is_left_to_kueue(operator_env, kube, manifest):
+    """A Kueue run starts Queued with its PyTorchJob suspended; the operator never unsuspends
+    it itself; Kueue's admission (unsuspend) leads to Training."""
+    m = copy.deepcopy(manifest)
+    m["metadata"]["name"] = "queued-run"
+    m["spec"]["scheduling"] = {"kueue": {"queueName": "gpu-queue"}}
+    kube.create(m)
+    with operator() as runner:
+        run = wait_for("Queued", phase_is(kube, "DiffusionRun", "queued-run", "Queued"))
+        assert run["status"]["reason"] == "QueuedByKueue"
+        pj = kube.get("PyTorchJob", NS, "queued-run-train")
+        assert pj["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "gpu-queue"
+        assert pj["spec"]["runPolicy"]["suspend"] is True
+        set_conditions(kube, "PyTorchJob", "queued-run-train", "Created", "Suspended")
+        time.sleep(1.0)  # a few timer ticks: the operator must leave the suspension alone
+        assert kube.get("PyTorchJob", NS, "queued-run-train")["spec"]["runPolicy"]["suspend"]
+        assert kube.get("DiffusionRun", NS, "queued-run")["status"]["phase"] == "Queued"
+        # Kueue admits: unsuspends the job; the training operator runs it.
+        kube.patch(
+            "PyTorchJob", NS, "queued-run-train", {"spec": {"runPolicy": {"suspend": False}}}
+        )
+        set_conditions(kube, "PyTorchJob", "queued-run-train", "Created", "Running")
+        wait_for("Training", phase_is(kube, "DiffusionRun", "queued-run", "Training"))
+        kube.delete("DiffusionRun", NS, "queued-run")
+        wait_for("deleted", lambda: kube.get("DiffusionRun", NS, "queued-run") is None)
+    assert runner.exception is None, runner.stdout
