@@ -134,13 +134,17 @@ def evaluate(cfg: EvalConfig, log=None) -> dict:
     validation: dict = {}
     data_uri = cfg.data_uri or tcfg.data.val_uri
     if data_uri:
-        from diffar.trainer.shards import load_tokens, read_manifest
-        from diffar.trainer.storage import resolve_dataset
+        from diffar.trainer.shards import load_tokens
+        from diffar.trainer.storage import read_manifest_uri, resolve_dataset
 
         want = None if cfg.val_sequences is None else cfg.val_sequences * tcfg.model.seq_len + 1
-        directory = resolve_dataset(data_uri, cfg.cache_dir, vocab_size=tcfg.model.vocab_size)
-        total = read_manifest(directory).total_tokens
-        tokens = load_tokens(directory, None if want is None else min(want, total))
+        total = read_manifest_uri(data_uri).total_tokens
+        want = total if want is None else min(want, total)
+        # Only the shards holding the first `want` tokens are fetched from a remote store.
+        directory = resolve_dataset(
+            data_uri, cfg.cache_dir, unique_tokens=want, vocab_size=tcfg.model.vocab_size
+        )
+        tokens = load_tokens(directory, want)
         estimates = evaluate_validation(
             runner,
             objective,
