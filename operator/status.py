@@ -273,7 +273,9 @@ def decide(body: dict, observed: Observed, settings: Settings, now: datetime) ->
             conds, "Ready", phase == "Succeeded", outcome.reason, outcome.message, generation, now
         )
         status["conditions"] = conds
-        if phase in TERMINAL_PHASES and not status.get("completionTime"):
+        if not is_finished(status):
+            status.pop("completionTime", None)
+        elif not status.get("completionTime"):
             status["completionTime"] = rfc3339(now)
         if prev.get("phase") != phase or prev.get("reason") != outcome.reason:
             kind_ = "Warning" if phase == "Failed" else "Normal"

@@ -208,6 +208,7 @@ def test_invalid_spec_fails_without_children(manifest):
     assert "unknown" in d.status["message"]
     assert d.events[0][:2] == ("Warning", "InvalidSpec")
     # Fixing a mutable field of an invalid run (here the preset, as a test shortcut) recovers.
+    assert "completionTime" not in d.status  # not finished: it can still be fixed
     manifest["spec"]["model"]["preset"] = "tiny"
     d = step(manifest, d.status, st.Observed())
     assert d.phase == "Pending" and len(d.create) == 2
