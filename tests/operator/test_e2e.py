@@ -225,12 +225,18 @@ def test_diffusion_run_end_to_end(
         assert ready["status"] == "True" and ready["reason"] == "EvaluationSucceeded"
 
         # Events were posted for the run's transitions.
-        reasons = {
-            e["reason"]
+        events = [
+            e
             for e in kube.list("Event", NS)
             if e["involvedObject"]["name"] == name and e["involvedObject"]["kind"] == "DiffusionRun"
-        }
+        ]
+        reasons = {e["reason"] for e in events}
         assert {"ChildrenCreated", "TrainingRunning", "EvaluationSucceeded"} <= reasons
+        mine = next(e for e in events if e["reason"] == "EvaluationSucceeded")
+        assert mine["involvedObject"]["uid"] == run["metadata"]["uid"]
+        sent = {k: v for k, v in mine.items() if k != "metadata"}
+        sent["metadata"] = {"name": mine["metadata"]["name"], "namespace": NS}
+        kubernetes_validate.validate(sent, K8S_VERSION, strict=True)
 
         # 7. Delete: the run goes, its children are collected, its Pushgateway group removed.
         kube.delete("DiffusionRun", NS, name)
