@@ -105,10 +105,12 @@ def resolve(manifest: dict, root: Path, processes: int | None = None) -> LocalRu
             "data_uri": cfg.data.val_uri,
             "tasks": list(ev.tasks),
             "samples": ev.mcSamples,
+            "val_sequences": max(1, cfg.validation.max_tokens // cfg.model.seq_len),
             "limit": ev.limit,
             "output_uri": str(run_dir / "results.json"),
             "cache_dir": str(run_dir / "cache"),
             "device": "cpu",
+            "tokenizer": _dataset_tokenizer(cfg.data.train_uri),
         }
     return LocalRun(
         run.name,
@@ -120,6 +122,17 @@ def resolve(manifest: dict, root: Path, processes: int | None = None) -> LocalRu
         plan_run(cfg).total_steps,
         threads=run.spec.local.threads,
     )
+
+
+def _dataset_tokenizer(uri: str) -> str | None:
+    """A trained BPE travels with its dataset as tokenizer.json (`diffar data prepare`)."""
+    from diffar.trainer.prepare import TOKENIZER_FILE
+    from diffar.trainer.storage import is_remote, local_path
+
+    if is_remote(uri):
+        return None
+    path = local_path(uri) / TOKENIZER_FILE
+    return str(path) if path.is_file() else None
 
 
 def _local_processes(run) -> int:
@@ -333,6 +346,9 @@ def format_status(name: str, status: RunStatus) -> str:
     """The run's status as `kubectl get -o yaml` would show the custom resource's."""
     import yaml
 
-    return yaml.safe_dump(
-        {"name": name, "status": status.model_dump(mode="json", exclude_none=True)}, sort_keys=False
-    )
+    shown = {
+        k: v
+        for k, v in status.model_dump(mode="json", exclude_none=True).items()
+        if v not in ([], {})
+    }
+    return yaml.safe_dump({"name": name, "status": shown}, sort_keys=False)

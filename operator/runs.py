@@ -275,7 +275,7 @@ def validate(run: Run, *, local: bool = False) -> list[str]:
         )
     if s.evaluation.enabled and not s.data.valUri:
         problems.append("spec.evaluation needs spec.data.valUri (or evaluation.enabled: false)")
-    if s.evaluation.enabled and not s.checkpoint.uri:
+    if s.evaluation.enabled and not s.checkpoint.uri and not local:
         problems.append(
             "spec.evaluation reads the trained model from spec.checkpoint.uri: set it "
             "(or evaluation.enabled: false)"
