@@ -561,6 +561,14 @@ class Results(_Status):
     valLoss: float | None = Field(
         None, description="Validation loss: exact NLL (AR) or Monte Carlo ELBO bound (diffusion)."
     )
+    lossEstimator: str | None = Field(
+        None, description="What valLoss is: nll (AR, exact) or elbo (diffusion, an upper bound)."
+    )
+    validation: dict[str, float] = Field(
+        default_factory=dict,
+        description="Every validation estimate, nats per token, by estimator (nll, elbo, "
+        "chain_rule).",
+    )
     tasks: dict[str, float] = Field(
         default_factory=dict, description="Downstream task accuracies, 0-1, by task name."
     )

@@ -177,6 +177,15 @@ def parse_results(message: str | None) -> dict | None:
     out: dict[str, Any] = {"tasks": tasks}
     if isinstance(loss, int | float):
         out["valLoss"] = float(loss)
+    if isinstance(raw.get("loss_estimator"), str):
+        out["lossEstimator"] = raw["loss_estimator"]
+    validation = {
+        str(k): float(v)
+        for k, v in (raw.get("validation") or {}).items()
+        if isinstance(v, int | float)
+    }
+    if validation:
+        out["validation"] = validation
     if raw.get("results_uri"):
         out["resultsUri"] = str(raw["results_uri"])
     return out

@@ -218,6 +218,7 @@ def test_diffusion_run_end_to_end(
         run = wait_for("Succeeded", phase_is(kube, "DiffusionRun", name, "Succeeded"))
         assert run["status"]["results"] == {
             "valLoss": 3.55,
+            "lossEstimator": "elbo",
             "tasks": {"arc_easy": 0.3784, "sciq": 0.6867},
             "resultsUri": "s3://runs/mdm-small/ckpt/results.json",
         }

@@ -282,3 +282,25 @@ def test_eval_settings_edited_before_evaluation_reach_eval_json(manifest):
     assert (kind, name) == ("ConfigMap", "mdm-small-config")
     fresh = json.loads(patch["data"]["eval.json"])
     assert fresh["tasks"] == ["piqa"] and fresh["samples"] == 8
+
+
+def test_results_from_the_evaluators_own_summary():
+    """Contract with diffar.evaluator.run.summary (what `diffar eval` writes to the termination
+    log): the operator reads every number it carries."""
+    from diffar.evaluator.run import summary
+
+    results = {
+        "loss": 3.55,
+        "loss_estimator": "elbo",
+        "validation": {"elbo": {"loss": 3.55, "stderr": 0.01}, "chain_rule": {"loss": 3.41}},
+        "tasks": {"piqa": {"acc": 0.6072, "n": 1838}, "sciq": {"acc": float("nan")}},
+        "results_uri": "s3://runs/r/ckpt/results.json",
+    }
+    parsed = st.parse_results(summary(results))
+    assert parsed == {
+        "valLoss": 3.55,
+        "lossEstimator": "elbo",
+        "validation": {"elbo": 3.55, "chain_rule": 3.41},
+        "tasks": {"piqa": 0.6072},
+        "resultsUri": "s3://runs/r/ckpt/results.json",
+    }
