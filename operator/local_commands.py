@@ -37,7 +37,16 @@ def register(sub: argparse._SubParsersAction) -> None:
         "print one comparison table and write a plot of validation loss against epochs.",
     )
     q.add_argument("--root", default="runs", help="where runs keep their files (default runs/)")
-    q.add_argument("--repo", default=".", help="the checkout holding examples/local/ (default .)")
+    q.add_argument(
+        "--examples",
+        default="examples/local",
+        help="directory holding ar.yaml and diffusion.yaml (default examples/local)",
+    )
+    q.add_argument("--unique-tokens", type=int, default=25_000, help="U (default 25000)")
+    q.add_argument(
+        "--val-tokens", type=int, default=20_000, help="validation tokens (default 20000)"
+    )
+    q.add_argument("--vocab-size", type=int, default=2048, help="BPE vocabulary (default 2048)")
     q.set_defaults(handler=_quickstart)
 
 

@@ -36,13 +36,19 @@ class QuickstartPlan:
         return self.root / "quickstart" / "tokenizer.json"
 
 
-def default_plan(repo: Path, root: Path) -> QuickstartPlan:
+def default_plan(
+    examples: Path,
+    root: Path,
+    unique_tokens: int = 25_000,
+    val_tokens: int = 20_000,
+    vocab_size: int = 2048,
+) -> QuickstartPlan:
     return QuickstartPlan(
         root=root,
-        examples=(repo / "examples/local/ar.yaml", repo / "examples/local/diffusion.yaml"),
-        unique_tokens=25_000,
-        val_tokens=20_000,
-        vocab_size=2048,
+        examples=(examples / "ar.yaml", examples / "diffusion.yaml"),
+        unique_tokens=unique_tokens,
+        val_tokens=val_tokens,
+        vocab_size=vocab_size,
     )
 
 
@@ -213,9 +219,9 @@ def plot_validation(curves: dict[str, list[tuple[float, float]]], out: Path) -> 
     return out
 
 
-def quickstart(repo: Path, root: Path, log=print) -> int:
+def quickstart(plan: QuickstartPlan, log=print) -> int:
     started = time.monotonic()
-    plan = default_plan(repo, root)
+    root = plan.root
     prepare_data(plan, log=log)
     outcomes = train_and_evaluate(plan, log=log)
     results = {}

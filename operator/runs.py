@@ -247,7 +247,9 @@ def validate(run: Run, *, local: bool = False) -> list[str]:
             problems += format_validation(e, prefix="spec (as TrainConfig)")
         else:
             try:
-                cfg.check_world_size(run.world_size)
+                # A local run's world is spec.local.processes, which the local runner checks.
+                if not local:
+                    cfg.check_world_size(run.world_size)
             except ConfigError as e:
                 problems.append(
                     f"spec.training: {e} (nodes {s.resources.nodes} x gpusPerNode "

@@ -1,0 +1,176 @@
+"""`diffar run --local`: the operator's resolution, torchx training, evaluation, resume."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+pytestmark = pytest.mark.slow
+
+VOCAB = 300
+WORDS = [
+    "the",
+    "king",
+    "queen",
+    "sword",
+    "crown",
+    "river",
+    "night",
+    "speaks",
+    "loves",
+    "fears",
+    "a",
+    "an",
+    "of",
+    "to",
+    "and",
+]
+
+
+def manifest(name: str, kind: str, epochs: float, evaluation: bool = True) -> dict:
+    return {
+        "apiVersion": "diffar.io/v1alpha1",
+        "kind": kind,
+        "metadata": {"name": name},
+        "spec": {
+            "model": {"preset": "nano", "seqLen": 32, "vocabSize": VOCAB},
+            "data": {
+                "trainUri": "data/train",
+                "valUri": "data/val",
+                "uniqueTokens": 20000,
+                "epochs": epochs,
+            },
+            "training": {
+                "globalBatch": 16,
+                "microBatch": 8,
+                "lr": 3e-3,
+                "minLr": 3e-4,
+                "zeroStage": 0,
+            },
+            "checkpoint": {"uri": f"runs/{name}/checkpoints", "interval": 20},
+            "validation": {"interval": 50, "maxTokens": 2000},
+            "evaluation": {"enabled": evaluation, "tasks": [], "mcSamples": 2},
+            "local": {"processes": 1, "threads": 1},
+        },
+    }
+
+
+@pytest.fixture
+def workdir(tmp_path):
+    """Real text through a real (tiny) BPE, as the quickstart prepares it."""
+    import random
+
+    rng = random.Random(0)
+    paragraphs = [
+        " ".join(rng.choice(WORDS) for _ in range(rng.randint(8, 30))).capitalize() + "."
+        for _ in range(4000)
+    ]
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n\n".join(paragraphs))
+    tok = diffar(
+        tmp_path, "data", "tokenizer", str(corpus), "--out", "tok.json", "--vocab-size", str(VOCAB)
+    )
+    assert tok.returncode == 0, tok.stderr
+    prep = diffar(
+        tmp_path, "data", "prepare", str(corpus), "--out", "data", "--unique-tokens", "20000",
+        "--val-tokens", "4000", "--text-unit", "paragraph", "--tokenizer", "tok.json", "--quiet",
+    )  # fmt: skip
+    assert prep.returncode == 0, prep.stderr
+    return tmp_path
+
+
+def diffar(cwd: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "diffar.operator.cli", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def test_run_then_rerun_reports_complete(workdir):
+    (workdir / "mdm.yaml").write_text(yaml.safe_dump(manifest("tiny-mdm", "DiffusionRun", 2)))
+    first = diffar(workdir, "run", "mdm.yaml", "--local")
+    assert first.returncode == 0, first.stdout + first.stderr
+    status = yaml.safe_load(first.stdout[first.stdout.index("name: tiny-mdm") :])["status"]
+    assert status["phase"] == "Succeeded" and status["objective"] == "mdm"
+    assert status["progress"]["step"] == status["progress"]["totalSteps"] == 78
+    assert status["results"]["valLoss"] > 0
+    run_dir = workdir / "runs" / "tiny-mdm"
+    results = json.loads((run_dir / "results.json").read_text())
+    assert set(results["validation"]) == {"elbo", "chain_rule_nll"}
+    assert json.loads((run_dir / "status.json").read_text())["phase"] == "Succeeded"
+    # The config the operator would put in the ConfigMap is what trained here.
+    assert json.loads((run_dir / "train.json").read_text())["model"]["vocab_size"] == VOCAB
+
+    second = diffar(workdir, "run", "mdm.yaml", "--local")
+    assert second.returncode == 0
+    assert "already complete" in second.stdout
+    assert (run_dir / "logs" / "train.log").read_text().count("==== ") == 1  # no second training
+
+
+def test_ctrl_c_then_rerun_resumes(workdir):
+    (workdir / "ar.yaml").write_text(
+        yaml.safe_dump(manifest("tiny-ar", "ARRun", 40, evaluation=False))
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "diffar.operator.cli", "run", "ar.yaml", "--local"],
+        cwd=workdir,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    latest = workdir / "runs" / "tiny-ar" / "checkpoints" / "latest"
+    deadline = time.monotonic() + 120
+    while not latest.exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert latest.exists(), "no checkpoint within 2 minutes"
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, out + err
+    assert "run the same command again to resume" in out
+    status = json.loads((workdir / "runs" / "tiny-ar" / "status.json").read_text())
+    assert status["phase"] == "Suspended"
+    done = status["progress"]["step"]
+    assert 0 < done < 1560
+
+    again = diffar(workdir, "run", "ar.yaml", "--local", "--processes", "1", timeout=600)
+    assert again.returncode == 0, again.stdout + again.stderr
+    log = (workdir / "runs" / "tiny-ar" / "logs" / "train.log").read_text()
+    assert "resumed at step" in log
+    assert "from scratch" in log.split("==== ")[1] and "from scratch" not in log.split("==== ")[2]
+
+
+def test_cluster_only_manifest_is_refused_with_one_line(workdir):
+    body = manifest("bad", "ARRun", 1)
+    body["spec"]["training"]["globalBatch"] = 15
+    body["spec"]["local"]["processes"] = 2
+    (workdir / "bad.yaml").write_text(yaml.safe_dump(body))
+    r = diffar(workdir, "run", "bad.yaml", "--local")
+    assert r.returncode == 2
+    assert "global_batch 15 is not divisible by world size 2" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_run_needs_local_flag(workdir):
+    (workdir / "ar.yaml").write_text(yaml.safe_dump(manifest("x", "ARRun", 1)))
+    r = diffar(workdir, "run", "ar.yaml")
+    assert r.returncode == 2 and "kubectl apply -f ar.yaml" in r.stderr
+
+
+def test_relative_paths_are_refused_for_the_cluster(workdir):
+    (workdir / "ar.yaml").write_text(yaml.safe_dump(manifest("x", "ARRun", 1)))
+    r = diffar(workdir, "render", "ar.yaml")
+    assert r.returncode != 0
+    assert "only `diffar run --local` reads" in r.stderr
+
+
+def _env_without_tty():
+    return {k: v for k, v in os.environ.items() if k != "TERM"}
