@@ -65,11 +65,15 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _quickstart(args: argparse.Namespace) -> int:
-    from diffar.operator.quickstart import quickstart
+    from diffar.operator.quickstart import default_plan, quickstart
 
-    repo = Path(args.repo)
-    if not (repo / "examples" / "local").is_dir():
-        raise UserError(
-            f"{repo.resolve()} has no examples/local/; run from the diffar checkout or pass --repo"
-        )
-    return quickstart(repo, Path(args.root))
+    examples = Path(args.examples)
+    for name in ("ar.yaml", "diffusion.yaml"):
+        if not (examples / name).is_file():
+            raise UserError(
+                f"{examples / name} not found; run from the diffar checkout or pass --examples DIR"
+            )
+    plan = default_plan(
+        examples, Path(args.root), args.unique_tokens, args.val_tokens, args.vocab_size
+    )
+    return quickstart(plan)
