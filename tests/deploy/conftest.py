@@ -23,7 +23,7 @@ ROOT = HERE.parent.parent
 CHART = ROOT / "charts" / "diffar"
 ALL_OPTIONS = CHART / "ci" / "all-options-values.yaml"
 DASHBOARDS = CHART / "dashboards"
-PYTORCHJOB_CRD = ROOT / "tests" / "operator" / "data" / "kubeflow.org_pytorchjobs.yaml"
+PYTORCHJOB_CRD = ROOT.parent / "shared" / "kubeflow" / "kubeflow.org_pytorchjobs.yaml"
 # The Kubernetes versions the rendered chart must be valid for (oldest supported, newest).
 K8S_VERSIONS = ("1.30", "1.37")
 RELEASE = "diffar"

@@ -21,9 +21,9 @@ os.environ["DIFFAR_PROGRESS_INTERVAL"] = "0.3"
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
-DATA = HERE / "data"
-PYTORCHJOB_CRD = DATA / "kubeflow.org_pytorchjobs.yaml"
-SHARED_PYTORCHJOB_CRD = ROOT.parent / "shared" / "kubeflow" / "kubeflow.org_pytorchjobs.yaml"
+# The real PyTorchJob CRD lives in the shared folder beside the checkout (CI lays it there too);
+# its README asks that it be read from there, not copied into the project.
+PYTORCHJOB_CRD = ROOT.parent / "shared" / "kubeflow" / "kubeflow.org_pytorchjobs.yaml"
 EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))
 
 
