@@ -34,7 +34,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _wait_ready(url: str, proc: subprocess.Popen, log: Path, timeout: float = 30.0) -> None:
+def _wait_ready(url: str, proc: subprocess.Popen, log: Path, timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -73,7 +73,7 @@ class PromStack:
         assert body["status"] == "success", body
         return body["data"]["result"]
 
-    def wait_for(self, promql: str, timeout: float = 30.0) -> list[dict]:
+    def wait_for(self, promql: str, timeout: float = 60.0) -> list[dict]:
         """Poll until the query returns series (Prometheus scrapes every second)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -119,7 +119,6 @@ def prometheus_stack(tmp_path_factory):
                         f"--config.file={config}",
                         f"--storage.tsdb.path={root / 'data'}",
                         f"--web.listen-address=127.0.0.1:{prom_port}",
-                        "--web.enable-admin-api",
                     ],
                     stdout=log,
                     stderr=subprocess.STDOUT,
