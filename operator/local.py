@@ -201,6 +201,7 @@ class _Display:
         self.tty = stream.isatty()
         self.last_plain = 0.0
         self.last_text = ""
+        self.last_printed = ""
 
     def show(self, phase: str, p: Progress) -> None:
         loss = f" loss {p.loss:.4f}" if p.loss is not None else ""
@@ -209,9 +210,9 @@ class _Display:
         if self.tty:
             self.stream.write("\r\033[K" + text)
             self.stream.flush()
-        elif text != self.last_text and time.monotonic() - self.last_plain >= 15:
+        elif text != self.last_printed and time.monotonic() - self.last_plain >= 15:
             print(text, file=self.stream, flush=True)
-            self.last_plain = time.monotonic()
+            self.last_plain, self.last_printed = time.monotonic(), text
         self.last_text = text
 
     def line(self, text: str) -> None:

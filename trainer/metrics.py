@@ -57,7 +57,7 @@ class StepReport:
     epoch: float
     loss: float
     lr: float
-    grad_norm: float
+    grad_norm: float | None
     tokens_seen: int
     tokens_per_second: float
     mfu: float
@@ -107,7 +107,8 @@ class TrainMetrics:
         self.tokens.inc(new_tokens)
         self.tps.set(r.tokens_per_second)
         self.mfu.set(r.mfu)
-        self.grad_norm.set(r.grad_norm)
+        if r.grad_norm is not None:
+            self.grad_norm.set(r.grad_norm)
 
 
 class ConsoleProgress:

@@ -137,7 +137,8 @@ def train(cfg: TrainConfig) -> RunPlan:
                     epoch=sampler.epoch,
                     loss=float(losses[-1]),
                     lr=pending[-1][2],
-                    grad_norm=float(grad_norm) if grad_norm is not None else 0.0,
+                    # DeepSpeed keeps the norm only with ZeRO or mixed precision (not stage-0 fp32).
+                    grad_norm=float(grad_norm) if grad_norm is not None else None,
                     tokens_seen=tokens_seen,
                     tokens_per_second=tps,
                     mfu=tps * plan.flops_per_token / peak,
