@@ -26,6 +26,7 @@ from diffar.evaluator.estimators import (
     continuation_chain_rule_mdm,
     continuation_elbo_mdm,
     continuation_logprobs_ar,
+    device_of,
     unmask_by_confidence,
 )
 from diffar.evaluator.progress import progress
@@ -68,7 +69,7 @@ def score_task(
     show_progress: bool = False,
 ) -> dict:
     """Accuracy metrics of one task: {"acc", "acc_stderr", ["acc_norm", "acc_norm_stderr"], "n"}."""
-    device = _device_of(model)
+    device = device_of(model)
     generator = torch.Generator(device=device).manual_seed(seed)
     requests = []  # (instance index, choice index, seq, start)
     for i, inst in enumerate(task.instances):
@@ -171,10 +172,3 @@ def _mean_stderr(name: str, values: np.ndarray) -> dict:
     mean = float(values.mean()) if n else float("nan")
     se = float(values.std(ddof=1) / math.sqrt(n)) if n > 1 else float("nan")
     return {name: mean, f"{name}_stderr": se}
-
-
-def _device_of(model: LogitsFn) -> torch.device:
-    try:
-        return next(model.parameters()).device  # type: ignore[attr-defined]
-    except (AttributeError, StopIteration):
-        return torch.device("cpu")

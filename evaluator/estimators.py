@@ -169,7 +169,7 @@ def continuation_logprobs_ar(
     under an AR model, and whether greedy decoding would reproduce it (one batched forward pass,
     right-padded; causal attention makes padding invisible to earlier positions)."""
     width = max(len(s) for s in seqs) - 1
-    device = _device_of(model)
+    device = device_of(model)
     inp = torch.full((len(seqs), width), pad_id, dtype=torch.long)
     for i, s in enumerate(seqs):
         inp[i, : len(s) - 1] = torch.tensor(s[:-1])
@@ -214,7 +214,7 @@ def continuation_elbo_mdm(
     """Monte Carlo ELBO estimates of log p(continuation | clean context) (lower bounds, nats)
     for equal-length sequences whose continuation starts at `starts[i]`: only continuation
     tokens are masked, at stratified t (`masking` as in `draw_masks`); `samples` rows each."""
-    device = _device_of(model)
+    device = device_of(model)
     x = torch.tensor(seqs, device=device)
     R, T = x.shape
     t = stratified_times(R, samples, _cpu_generator(generator)).flatten()
@@ -246,7 +246,7 @@ def continuation_chain_rule_mdm(
 ) -> list[float]:
     """Exact left-to-right log p(continuation | context) under an MDM, for equal-length
     sequences: one row per continuation token, that token and all after it masked."""
-    device = _device_of(model)
+    device = device_of(model)
     x = torch.tensor(seqs, device=device)
     T = x.shape[1]
     owner = torch.tensor([i for i, st in enumerate(starts) for _ in range(st, T)])
@@ -268,7 +268,7 @@ def unmask_by_confidence(
 ) -> list[list[int]]:
     """For equal-length sequences, mask everything from `starts[i]` on and fill it back one
     token per pass and row, the most confident masked position first; returns the fills."""
-    device = _device_of(model)
+    device = device_of(model)
     x = torch.tensor(seqs, device=device)
     pos = torch.arange(x.shape[1], device=device)
     starts_t = torch.tensor(starts, device=device)
@@ -293,7 +293,7 @@ def _cpu_generator(generator: torch.Generator) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-def _device_of(model: LogitsFn) -> torch.device:
+def device_of(model: LogitsFn) -> torch.device:
     try:
         return next(model.parameters()).device  # type: ignore[attr-defined]
     except (AttributeError, StopIteration):
