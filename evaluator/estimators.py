@@ -9,7 +9,9 @@ puts no mass there gets exactly its training loss, and a uniform model gets log 
 - `mdm_elbo`: the training objective's Monte Carlo ELBO of sequences (B, L): K draws of the mask
   rate t per sequence, each giving sum over masked positions of CE / p with p = (1-eps) t + eps.
   Stratified draws t_k = (u + k/K) mod 1 (one u per sequence) cover [0, 1) evenly and lower the
-  variance; `stratified=False` draws t i.i.d. (for comparison).
+  variance; `stratified=False` draws t i.i.d. (for comparison). `masking="count"` masks exactly
+  m of the L tokens instead (m stratified over 1..L, weight L/m): the same bound with less
+  variance (see `draw_masks`).
 - `mdm_chain_rule_nll`: the left-to-right chain rule of the MDM: token k predicted from the clean
   tokens before it with itself and everything after it masked. A product of proper conditionals,
   so an exact likelihood of a proper distribution, comparable with AR's NLL (one forward pass per
