@@ -40,6 +40,7 @@ def _register_eval(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--batch-size", type=int, help="rows per forward pass (default 16)")
     p.add_argument("--device", help="auto, cpu, cuda, cuda:N")
+    p.add_argument("--precision", choices=["auto", "bf16", "fp32"], help="default auto")
     p.add_argument(
         "--tokenizer", help="gpt2, bytes, or a tokenizer.json path (default: from the vocab)"
     )
@@ -67,6 +68,7 @@ def eval_config_from_args(args: argparse.Namespace):
         "elbo_masking",
         "batch_size",
         "device",
+        "precision",
         "tokenizer",
         "output_uri",
         "pushgateway",

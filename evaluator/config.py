@@ -64,6 +64,9 @@ class EvalConfig(BaseModel):
     )
     batch_size: int = Field(16, ge=1, description="Rows per forward pass")
     device: str = Field("auto", description="auto (cuda when available), cpu, cuda, cuda:1, ...")
+    precision: Literal["auto", "bf16", "fp32"] = Field(
+        "auto", description="auto: bf16 autocast on CUDA, fp32 on CPU; logits are fp32 either way"
+    )
     tokenizer: str | None = Field(
         None,
         description="gpt2, bytes, or a tokenizer.json path (default: implied by the vocabulary)",

@@ -27,15 +27,20 @@ RESULTS_NAME = "results.json"
 
 
 class _Autocast(torch.nn.Module):
-    """Runs the model under bf16 autocast on CUDA; logits stay fp32."""
+    """Runs the model under bf16 autocast; logits stay fp32."""
 
-    def __init__(self, model: torch.nn.Module):
+    def __init__(self, model: torch.nn.Module, device_type: str):
         super().__init__()
-        self.model = model
+        self.model, self.device_type = model, device_type
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        with torch.autocast("cuda", dtype=torch.bfloat16):
+        with torch.autocast(self.device_type, dtype=torch.bfloat16):
             return self.model(tokens).float()
+
+
+def use_bf16(precision: str, device: torch.device) -> bool:
+    """auto: bf16 autocast on CUDA, fp32 elsewhere (as training's precision: auto)."""
+    return precision == "bf16" or (precision == "auto" and device.type == "cuda")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -115,7 +120,7 @@ def evaluate(cfg: EvalConfig, log=None) -> dict:
     exported = load_export(fetch_model(cfg.model_uri, cfg.cache_dir), device=device)
     tcfg = exported.config
     model = exported.model
-    runner = _Autocast(model) if device.type == "cuda" else model
+    runner = _Autocast(model, device.type) if use_bf16(cfg.precision, device) else model
     tok = get_tokenizer(cfg.tokenizer or tokenizer_for_vocab(tcfg.model.vocab_size))
     if tok.vocab_size != tcfg.model.vocab_size:
         raise UserError(
@@ -222,6 +227,7 @@ def evaluate(cfg: EvalConfig, log=None) -> dict:
         "data_uri": data_uri,
         "tokenizer": tok.name,
         "device": str(device),
+        "precision": "bf16" if use_bf16(cfg.precision, device) else "fp32",
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "eval_seconds": round(time.time() - started, 3),
         "config": cfg.model_dump(mode="json"),

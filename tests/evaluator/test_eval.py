@@ -159,3 +159,20 @@ def test_termination_message_summary_for_the_operator(tmp_path, monkeypatch):
     assert parsed["tasks"] == {"alpha": results["tasks"]["alpha"]["acc"]}
     assert parsed["valLoss"] == results["loss"]
     assert parsed["resultsUri"] == str(ckpt / "results.json")
+
+
+def test_bf16_autocast_path_agrees_with_fp32(tmp_path):
+    # The CUDA default (bf16 autocast) exercised on the CPU: same numbers within bf16 precision.
+    data = write_byte_dataset(tmp_path / "val")
+    ckpt = save_byte_model(tmp_path / "ckpt", "ar", data)
+    out = {}
+    for precision in ("fp32", "bf16"):
+        args = ["--tasks", "none", "--val-sequences", "4", "--precision", precision]
+        dest = tmp_path / f"{precision}.json"
+        assert (
+            main(["eval", "--model", str(ckpt), *args, "--output", str(dest), "--no-progress"]) == 0
+        )
+        out[precision] = json.loads(dest.read_text())
+    assert out["bf16"]["precision"] == "bf16" and out["fp32"]["precision"] == "fp32"
+    assert out["bf16"]["loss"] == pytest.approx(out["fp32"]["loss"], rel=0.01)
+    assert out["bf16"]["loss"] != out["fp32"]["loss"]
