@@ -108,7 +108,9 @@ def own_weed(tmp_path, s3env, monkeypatch):
     w = Weed(tmp_path / "weed")
     w.start()
     monkeypatch.setenv("AWS_ENDPOINT_URL", w.endpoint)
-    monkeypatch.setenv("DIFFAR_S3_MAX_ATTEMPTS", "12")
+    monkeypatch.setenv(
+        "DIFFAR_S3_MAX_ATTEMPTS", "40"
+    )  # ~70 s: a loaded machine restarts weed slowly
     monkeypatch.setenv("DIFFAR_S3_BACKOFF", "0.2")
     monkeypatch.setenv("DIFFAR_S3_BACKOFF_MAX", "2")
     monkeypatch.setenv("DIFFAR_S3_READ_TIMEOUT", "5")
