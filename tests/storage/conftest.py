@@ -70,3 +70,11 @@ def proxy(s3env, monkeypatch):
     monkeypatch.setenv("AWS_ENDPOINT_URL", p.endpoint)
     yield p
     p.close()
+
+
+def pytest_collection_modifyitems(config, items):
+    """Every test that needs the S3 server is an integration test (`make test-fast` skips them)."""
+    here = Path(__file__).parent
+    for item in items:
+        if here in Path(str(item.fspath)).parents and "weed" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.integration)
