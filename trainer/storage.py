@@ -516,11 +516,23 @@ def _write_sidecar(path: Path, sha: str) -> None:
 @contextlib.contextmanager
 def _node_lock(path: Path, what: str) -> Iterator[None]:
     """One process per node does the work; the others wait here and then reuse its result."""
-    from filelock import FileLock
+    from filelock import FileLock, Timeout
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(path)):
+    lock = FileLock(str(path))
+    try:
+        lock.acquire(timeout=1)
+    except Timeout:
+        print(
+            f"{what}: another process on this node is fetching it; waiting ({path})",
+            file=sys.stderr,
+            flush=True,
+        )
+        lock.acquire()
+    try:
         yield
+    finally:
+        lock.release()
 
 
 def resolve_dataset(

