@@ -42,7 +42,8 @@ def _register_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", help="auto, cpu, cuda, cuda:N")
     p.add_argument("--precision", choices=["auto", "bf16", "fp32"], help="default auto")
     p.add_argument(
-        "--tokenizer", help="gpt2, bytes, or a tokenizer.json path (default: from the vocab)"
+        "--tokenizer",
+        help="gpt2, bytes or a tokenizer.json (default: the dataset's tokenizer.json, else by vocab)",
     )
     p.add_argument("--output", dest="output_uri", help="where results.json goes")
     p.add_argument("--pushgateway", help="Pushgateway URL (default: $DIFFAR_PUSHGATEWAY_URL)")

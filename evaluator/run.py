@@ -105,7 +105,7 @@ def evaluate(cfg: EvalConfig, log=None) -> dict:
     """Run the evaluation `cfg` describes; writes results.json (and pushes) and returns it."""
     from diffar.evaluator.downstream import score_task
     from diffar.evaluator.tasks import load_task
-    from diffar.evaluator.tokenizers import get_tokenizer, tokenizer_for_vocab
+    from diffar.evaluator.tokenizers import resolve_tokenizer
     from diffar.evaluator.validation import evaluate_validation
     from diffar.trainer.export import load_export
 
@@ -121,7 +121,12 @@ def evaluate(cfg: EvalConfig, log=None) -> dict:
     tcfg = exported.config
     model = exported.model
     runner = _Autocast(model, device.type) if use_bf16(cfg.precision, device) else model
-    tok = get_tokenizer(cfg.tokenizer or tokenizer_for_vocab(tcfg.model.vocab_size))
+    tok = resolve_tokenizer(
+        cfg.tokenizer,
+        [tcfg.data.train_uri, cfg.data_uri or tcfg.data.val_uri],
+        tcfg.model.vocab_size,
+        cfg.cache_dir,
+    )
     if tok.vocab_size != tcfg.model.vocab_size:
         raise UserError(
             f"tokenizer {tok.name!r} has vocab {tok.vocab_size} but the model has "

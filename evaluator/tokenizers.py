@@ -10,12 +10,16 @@ counts as one byte (it stands for the separator between documents).
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 
 from diffar.trainer.errors import UserError
+
+TOKENIZER_FILE = "tokenizer.json"  # a trained BPE travels with its dataset under this name
 
 
 class Tokenizer(Protocol):
@@ -59,11 +63,49 @@ def get_tokenizer(name: str) -> Tokenizer:
     return load_tokenizer(name)
 
 
+def local_file(uri: str, cache_dir: str = ".diffar-cache") -> Path:
+    """A path for a file URI; an s3:// file is downloaded into the cache first."""
+    from diffar.trainer.storage import is_remote, local_path, open_store
+
+    if not is_remote(uri):
+        return local_path(uri)
+    root, key = uri.rsplit("/", 1)
+    dest = Path(cache_dir) / "files" / hashlib.sha256(uri.encode()).hexdigest()[:16] / key
+    if not dest.is_file():
+        open_store(root).get_file(key, dest)
+    return dest
+
+
+def resolve_tokenizer(
+    name: str | None, dataset_uris: list[str | None], vocab_size: int, cache_dir: str
+) -> Tokenizer:
+    """The tokenizer to use: `name` when given (a tokenizer.json may be a path, file:// or
+    s3:// URI); else a tokenizer.json that travels with the training or validation dataset;
+    else the one the model's vocabulary implies."""
+    if name:
+        return get_tokenizer(str(local_file(name, cache_dir)) if name.endswith(".json") else name)
+    from diffar.trainer.storage import StorageError, is_remote, join, local_path, open_store
+
+    for uri in dataset_uris:
+        if not uri:
+            continue
+        try:
+            if is_remote(uri):
+                if open_store(uri).exists(TOKENIZER_FILE):
+                    return get_tokenizer(str(local_file(join(uri, TOKENIZER_FILE), cache_dir)))
+            elif (local_path(uri) / TOKENIZER_FILE).is_file():
+                return get_tokenizer(str(local_path(uri) / TOKENIZER_FILE))
+        except StorageError:
+            continue
+    return get_tokenizer(tokenizer_for_vocab(vocab_size))
+
+
 def tokenizer_for_vocab(vocab_size: int) -> str:
     """The tokenizer a model's vocabulary implies (gpt2: 50257, bytes: 257)."""
     known = {50257: "gpt2", 257: "bytes"}
     if vocab_size not in known:
         raise UserError(
-            f"no known tokenizer has a vocabulary of {vocab_size}; set `tokenizer` in the eval config"
+            f"no tokenizer.json beside the datasets and no known tokenizer has a vocabulary of "
+            f"{vocab_size}; set `tokenizer` (gpt2, bytes or a tokenizer.json) in the eval config"
         )
     return known[vocab_size]

@@ -125,9 +125,10 @@ def write_byte_dataset(directory: Path, text: str = TEXT * 8) -> Path:
 
 
 def save_byte_model(
-    ckpt_dir: Path, objective: str, data_dir: Path, seq_len: int = 32, **cfg
+    ckpt_dir: Path, objective: str, data_dir: Path, seq_len: int = 32, vocab: int = 257, **cfg
 ) -> Path:
-    """A randomly initialised nano model over bytes, exported as `diffar train` exports."""
+    """A randomly initialised nano model (over bytes unless `vocab` says otherwise), exported as
+    `diffar train` exports."""
     from diffar.trainer.config import parse_config
     from diffar.trainer.export import EXPORT_NAME, save_export
     from diffar.trainer.model import Transformer
@@ -136,7 +137,7 @@ def save_byte_model(
         {
             "name": cfg.pop("name", f"tiny-{objective}"),
             "objective": objective,
-            "model": {"preset": "nano", "vocab_size": 257, "seq_len": seq_len, "dropout": 0.0},
+            "model": {"preset": "nano", "vocab_size": vocab, "seq_len": seq_len, "dropout": 0.0},
             "data": {"train_uri": str(data_dir), "val_uri": str(data_dir)},
             "epochs": 3,
             **cfg,

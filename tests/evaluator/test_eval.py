@@ -176,3 +176,28 @@ def test_bf16_autocast_path_agrees_with_fp32(tmp_path):
     assert out["bf16"]["precision"] == "bf16" and out["fp32"]["precision"] == "fp32"
     assert out["bf16"]["loss"] == pytest.approx(out["fp32"]["loss"], rel=0.01)
     assert out["bf16"]["loss"] != out["fp32"]["loss"]
+
+
+def test_tokenizer_json_that_travels_with_the_dataset_is_used(tmp_path):
+    import numpy as np
+    from evalhelpers import TEXT
+
+    from diffar.trainer.bpe import BPETokenizer, train_bpe
+    from diffar.trainer.shards import Manifest, write_manifest, write_shard
+
+    path = train_bpe([TEXT * 4], 300, tmp_path / "tokenizer.json")
+    tok = BPETokenizer.from_file(path)
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "tokenizer.json").write_bytes(path.read_bytes())
+    ids = np.array(tok.encode(TEXT * 20), dtype=np.int64)
+    shard = write_shard(data / "shard-00000.bin", ids, "uint16")
+    write_manifest(data, Manifest(tok.name, tok.vocab_size, tok.eod_id, len(ids), 1, (shard,)))
+    ckpt = save_byte_model(tmp_path / "ckpt", "ar", data, vocab=tok.vocab_size)
+    task = write_alphabet_task(tmp_path / "alpha.jsonl", 2)
+    assert main(["eval", "--model", str(ckpt), "--tasks", str(task), "--no-progress"]) == 0
+    results = json.loads((ckpt / "results.json").read_text())
+    assert results["tokenizer"] == tok.name and results["tasks"]["alpha"]["n"] == 2
+    # Bits per byte uses the BPE's byte lengths: fewer bits per byte than nats per token.
+    nll = results["validation"]["nll"]
+    assert nll["bytes"] > nll["tokens"]

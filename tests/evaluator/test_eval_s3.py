@@ -58,3 +58,19 @@ def test_eval_reads_and_writes_s3(fake_s3, tmp_path):
     results = json.loads(body)
     assert results["run"] == "s3-run" and results["results_uri"] == "s3://runs/ckpt/results.json"
     assert results["validation"]["nll"]["sequences"] == 2
+
+
+def test_tokenizer_json_beside_an_s3_dataset(fake_s3, tmp_path):
+    from evalhelpers import TEXT
+
+    from diffar.evaluator.tokenizers import resolve_tokenizer
+    from diffar.trainer.bpe import train_bpe
+
+    path = train_bpe([TEXT * 4], 300, tmp_path / "tokenizer.json")
+    fake_s3.upload_file(str(path), "runs", "data/tokenizer.json")
+    tok = resolve_tokenizer(None, [None, "s3://runs/data"], 300, str(tmp_path / "cache"))
+    assert tok.vocab_size == 300 and tok.name.startswith("bpe300-")
+    # Nothing beside the dataset: the vocabulary decides.
+    assert resolve_tokenizer(None, ["s3://runs/none"], 257, str(tmp_path)).name == "bytes"
+    explicit = resolve_tokenizer("s3://runs/data/tokenizer.json", [], 1, str(tmp_path / "c2"))
+    assert explicit.name == tok.name
