@@ -1,6 +1,6 @@
 """Shard fetch throughput vs raw boto3 GET, on the same S3 server in the same run.
 
-    python bench/bench_s3_fetch.py [--shards 4] [--shard-mb 64] [--repeats 5] [--json]
+    python bench/bench_s3_fetch.py [--shards 4] [--shard-mb 64] [--repeats 5] [--json] [--out F]
 
 Starts its own SeaweedFS (`weed mini` on loopback, telemetry off), uploads a dataset of random
 uint16 shards with diffar's writer, then alternates, `--repeats` times:
@@ -10,7 +10,8 @@ uint16 shards with diffar's writer, then alternates, `--repeats` times:
   diffar  `resolve_dataset` into an empty cache: manifest, ranged/retrying GET per shard,
           sha256 of every byte, atomic rename, sidecar.
 
-and prints each side's median throughput (MB/s) and the ratio diffar / raw (goal >= 0.8).
+and prints each side's median throughput (MB/s), the client CPU per GB and the ratio
+diffar / raw (goal >= 0.8); the JSON also goes to bench/results/s3_fetch.json.
 """
 
 from __future__ import annotations
@@ -38,6 +39,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--shard-mb", type=int, default=64, help="MB per shard (uint16 tokens)")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--json", action="store_true", help="print one JSON object")
+    ap.add_argument(
+        "--out",
+        default=str(ROOT / "bench" / "results" / "s3_fetch.json"),
+        help="also write the result JSON here ('' to skip)",
+    )
     args = ap.parse_args(argv)
 
     work = Path(tempfile.mkdtemp(prefix="diffar-bench-s3-"))
@@ -132,6 +138,9 @@ def main(argv: list[str] | None = None) -> int:
             "client_cpu_s_per_gb": cpu_s_per_gb,
             "goal": 0.8,
         }
+        if args.out:
+            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
         if args.json:
             print(json.dumps(result))
         else:
