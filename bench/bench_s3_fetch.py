@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
 
     work = Path(tempfile.mkdtemp(prefix="diffar-bench-s3-"))
     server = Weed(work / "weed")
-    server.start()
+    server.start(new_ports_on_failure=2)
     try:
         os.environ.update(
             AWS_ENDPOINT_URL=server.endpoint,

@@ -29,7 +29,7 @@ def _weed(root: Path) -> Weed:
     except WeedMissing as e:
         pytest.fail(str(e), pytrace=False)
     w = Weed(root)
-    w.start()
+    w.start(new_ports_on_failure=2)
     return w
 
 

@@ -106,7 +106,7 @@ def test_interrupted_part_file_is_resumed_by_a_later_process(bucket, tmp_path, p
 def own_weed(tmp_path, s3env, monkeypatch):
     """A server of this test's own, so stopping it does not disturb the others."""
     w = Weed(tmp_path / "weed")
-    w.start()
+    w.start(new_ports_on_failure=2)
     monkeypatch.setenv("AWS_ENDPOINT_URL", w.endpoint)
     monkeypatch.setenv(
         "DIFFAR_S3_MAX_ATTEMPTS", "40"

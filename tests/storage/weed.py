@@ -73,13 +73,8 @@ class Weed:
             "master", "master.grpc", "volume", "volume.grpc", "filer", "filer.grpc",
             "s3", "s3.grpc", "admin", "admin.grpc", "webdav",
         ]  # fmt: skip
-        taken: set[int] = set()
-        for n in names:
-            p = free_port()
-            while p in taken:
-                p = free_port()
-            taken.add(p)
-            self.ports[n] = p
+        self._names = names
+        self.pick_ports()
         config = {
             "identities": [
                 {
@@ -130,13 +125,32 @@ class Weed:
             "-master.volumeSizeLimitMB=256",
         ]
 
-    def start(self, timeout: float = 60.0) -> None:
-        log = open(self.root / "weed.log", "ab")  # noqa: SIM115 - lives with the process
-        self.proc = subprocess.Popen(
-            self.command(), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
-        )
-        log.close()
-        self.wait_ready(timeout)
+    def pick_ports(self) -> None:
+        taken: set[int] = set()
+        for n in self._names:
+            p = free_port()
+            while p in taken:
+                p = free_port()
+            taken.add(p)
+            self.ports[n] = p
+
+    def start(self, timeout: float = 60.0, new_ports_on_failure: int = 0) -> None:
+        """Start (or restart, on the same ports). A first start may retry on fresh ports when
+        another process took one of the free ports picked for it in the meantime."""
+        for attempt in range(new_ports_on_failure + 1):
+            log = open(self.root / "weed.log", "ab")  # noqa: SIM115 - lives with the process
+            self.proc = subprocess.Popen(
+                self.command(), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+            )
+            log.close()
+            try:
+                self.wait_ready(timeout)
+                return
+            except RuntimeError:
+                self.stop(kill=True)
+                if attempt == new_ports_on_failure:
+                    raise
+                self.pick_ports()
 
     def wait_ready(self, timeout: float) -> None:
         import boto3
@@ -201,7 +215,7 @@ class Weed:
 
 def start_weed(root: Path | None = None) -> Weed:
     w = Weed(Path(root or tempfile.mkdtemp(prefix="diffar-weed-")))
-    w.start()
+    w.start(new_ports_on_failure=2)
     return w
 
 
