@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help venv tools quickstart test test-fast lint format bench manifests images system-deps clean
+.PHONY: help venv tools reproduce quickstart test test-fast lint format bench manifests images system-deps clean
 
 help:
 	@echo "make quickstart  install, then train and compare a tiny AR and MDM on this machine"
@@ -14,6 +14,7 @@ help:
 	@echo "make test-fast   unit tests only (no multi-process training, no servers)"
 	@echo "make lint        ruff, hadolint, helm lint, promtool over dashboards and alerts"
 	@echo "make bench       benchmarks under bench/ (never part of make test)"
+	@echo "make reproduce   the CPU reproduction grid, fitted, into docs/reproduction.md (~1 hour)"
 	@echo "make manifests   regenerate the CRDs in crds/ and the Helm chart from the models"
 	@echo "make images      build the operator, trainer and evaluator images (needs Docker)"
 
@@ -74,6 +75,10 @@ images:
 
 quickstart: $(STAMP)
 	$(BIN)/diffar quickstart
+
+# The small CPU reproduction grid (about an hour here; not part of make test).
+reproduce: $(STAMP)
+	$(BIN)/diffar reproduce
 
 clean:
 	rm -rf runs .diffar-cache bench/results/*.json
