@@ -51,6 +51,8 @@ from diffar.trainer.shards import (
     write_shard,
 )
 
+TOKENIZER_FILE = "tokenizer.json"
+
 
 class StorageError(UserError):
     """A storage operation that failed in a way the user can fix; one line, naming the URI."""
@@ -598,6 +600,10 @@ def resolve_dataset(
                 )
                 _write_sidecar(path, shard.sha256)
             meter.close()
+        if manifest.tokenizer != "gpt2" and not (dest / TOKENIZER_FILE).exists():
+            # a trained tokenizer travels with its dataset (see `diffar data prepare --tokenizer`)
+            with contextlib.suppress(NotFoundError):
+                store.get_file(TOKENIZER_FILE, dest / TOKENIZER_FILE)
         if not cached_manifest.exists():
             write_manifest(dest, manifest)
     return dest

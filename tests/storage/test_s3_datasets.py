@@ -144,3 +144,17 @@ def test_overwrite_on_s3(bucket, tmp_path):
         "train/shard-00001.bin",
     ]
     assert storage.verify_dataset(f"{uri}/train") == []
+
+
+def test_a_trained_tokenizer_travels_with_its_dataset(bucket, tmp_path):
+    from diffar.trainer.shards import Manifest
+
+    tokens = np.arange(5000, dtype=np.uint16) % 300
+    uri = f"s3://{bucket}/bpe"
+    w = storage.dataset_writer(uri)
+    w.begin()
+    info = w.put_shard("shard-00000.bin", tokens)
+    w.store.put_bytes("tokenizer.json", b'{"model": {}}')
+    w.finish(Manifest("bpe-300", 300, 299, tokens.size, 1, (info,)))
+    local = storage.resolve_dataset(uri, tmp_path / "cache", tokenizer="bpe-300", vocab_size=300)
+    assert (local / "tokenizer.json").read_bytes() == b'{"model": {}}'
