@@ -109,10 +109,7 @@ def evaluate(cfg: EvalConfig, log=None) -> dict:
     from diffar.evaluator.validation import evaluate_validation
     from diffar.trainer.export import load_export
 
-    try:
-        from diffar.trainer.sizing import count_parameters, flops_per_token
-    except ImportError:  # older trainers kept these in model.py
-        from diffar.trainer.model import count_parameters, flops_per_token
+    from diffar.trainer.sizing import count_parameters, flops_per_token
 
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     started = time.time()

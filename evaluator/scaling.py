@@ -271,11 +271,8 @@ def _staged_starts(N, U, ep, L, fixed, free, f) -> list[np.ndarray]:
 def _one_blas_thread():
     """L-BFGS-B on a 7-dimensional problem makes thousands of tiny BLAS calls; a multi-threaded
     OpenBLAS spends most of its time waking threads (6x slower on a busy 2-core machine)."""
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:  # optional: only speed depends on it
-        yield
-        return
+    from threadpoolctl import threadpool_limits
+
     with threadpool_limits(limits=1, user_api="blas"):
         yield
 

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from diffar.trainer.config import ModelConfig
-from diffar.trainer.sizing import count_parameters, flops_per_token  # noqa: F401 - re-exported
+from diffar.trainer.sizing import count_parameters
 
 try:  # flash-attn is a GPU-only extra; torch's SDPA is the fallback everywhere.
     from flash_attn import flash_attn_func
