@@ -108,7 +108,6 @@ def evaluate(cfg: EvalConfig, log=None) -> dict:
     from diffar.evaluator.tokenizers import resolve_tokenizer
     from diffar.evaluator.validation import evaluate_validation
     from diffar.trainer.export import load_export
-
     from diffar.trainer.sizing import count_parameters, flops_per_token
 
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
