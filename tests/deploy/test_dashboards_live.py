@@ -10,18 +10,17 @@ every alert expression of the chart must evaluate.
 
 from __future__ import annotations
 
+import contextlib
 import json
-import socket
-import subprocess
 import threading
 import time
 import urllib.parse
 import urllib.request
 
 import pytest
-import yaml
+from testsupport.servers import prometheus_stack
 
-from .conftest import ALL_OPTIONS, DASHBOARDS, find_tool
+from .conftest import ALL_OPTIONS, DASHBOARDS
 from .promql_lint import expressions, load, variable_queries
 
 pytestmark = pytest.mark.integration
@@ -38,26 +37,6 @@ VARIABLES = {
     "__interval": "5s",
     "__range": "1m",
 }
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_ready(url: str, proc: subprocess.Popen, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"{proc.args[0]} exited with {proc.returncode}")
-        try:
-            with urllib.request.urlopen(url, timeout=1) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.2)
-    pytest.fail(f"{url} not ready after {timeout:.0f}s")
 
 
 def substitute(text: str) -> str:
@@ -89,13 +68,7 @@ def prom(tmp_path_factory):
     from diffar.operator.metrics import OperatorMetrics
     from diffar.trainer.metrics import StepReport, TrainMetrics
 
-    prometheus = find_tool("prometheus", "install the Debian package prometheus")
-    pushgateway = find_tool(
-        "prometheus-pushgateway", "install the Debian package prometheus-pushgateway"
-    )
     root = tmp_path_factory.mktemp("prom")
-    (root / "data").mkdir()
-
     trainers = {run: TrainMetrics(run, objective, port=0) for run, objective in RUNS.items()}
     operator_registry = CollectorRegistry()
     op = OperatorMetrics(registry=operator_registry)
@@ -104,57 +77,22 @@ def prom(tmp_path_factory):
     op.reconcile_errors.labels("ARRun")
     op.children_created.labels("PyTorchJob").inc()
     op_server, _ = start_http_server(0, addr="127.0.0.1", registry=operator_registry)
-    pg_port, prom_port = free_port(), free_port()
     trainer_targets = [f"127.0.0.1:{m.port}" for m in trainers.values()]
-    config = {
-        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-        "scrape_configs": [
-            {
-                "job_name": "trainers",
-                "static_configs": [{"targets": trainer_targets, "labels": {"namespace": NS}}],
-            },
-            {
-                "job_name": "operator",
-                "static_configs": [{"targets": [f"127.0.0.1:{op_server.server_address[1]}"]}],
-            },
-            {
-                "job_name": "pushgateway",
-                "honor_labels": True,
-                "static_configs": [{"targets": [f"127.0.0.1:{pg_port}"]}],
-            },
-        ],
-    }
-    (root / "prometheus.yml").write_text(yaml.safe_dump(config))
-    procs: list[subprocess.Popen] = []
+    scrape_configs = [
+        {
+            "job_name": "trainers",
+            "static_configs": [{"targets": trainer_targets, "labels": {"namespace": NS}}],
+        },
+        {
+            "job_name": "operator",
+            "static_configs": [{"targets": [f"127.0.0.1:{op_server.server_address[1]}"]}],
+        },
+    ]
     stop = threading.Event()
-    try:
-        procs.append(
-            subprocess.Popen(
-                [
-                    pushgateway,
-                    f"--web.listen-address=127.0.0.1:{pg_port}",
-                    # Debian's default persists to /var/lib/prometheus, shared with every other
-                    # Pushgateway started on this machine: keep this one's state to itself.
-                    f"--persistence.file={root / 'pushgateway.data'}",
-                ],
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
-        )
-        wait_ready(f"http://127.0.0.1:{pg_port}/-/ready", procs[-1])
-        procs.append(
-            subprocess.Popen(
-                [
-                    prometheus,
-                    f"--config.file={root / 'prometheus.yml'}",
-                    f"--storage.tsdb.path={root / 'data'}",
-                    f"--web.listen-address=127.0.0.1:{prom_port}",
-                ],
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
-        )
-        wait_ready(f"http://127.0.0.1:{prom_port}/-/ready", procs[-1])
+    # The feeder thread stops however the fixture ends.
+    with prometheus_stack(root, scrape_configs) as stack, contextlib.ExitStack() as cleanup:
+        cleanup.callback(stop.set)
+        pg_url = stack.pushgateway_url
 
         def train() -> None:  # both runs take a step every 0.5 s
             step = 0
@@ -195,9 +133,9 @@ def prom(tmp_path_factory):
                     "tokens_seen": 5e9,
                     "flops": 1e19,
                 },
-                f"http://127.0.0.1:{pg_port}",
+                pg_url,
             )
-        p = Prom(f"http://127.0.0.1:{prom_port}")
+        p = Prom(stack.prometheus_url)
         deadline = time.monotonic() + 60
         ready = "count(count_over_time(diffar_train_step[20s]) >= 4) == 2 and on() count(diffar_eval_loss) == 2 and on() count(diffar_operator_runs) > 0"
         while time.monotonic() < deadline and not p.query(ready):
@@ -206,15 +144,6 @@ def prom(tmp_path_factory):
             [p.query(q) for q in ("count(diffar_train_step)", "count(diffar_eval_loss)")]
         )
         yield p
-    finally:
-        stop.set()
-        for proc in reversed(procs):
-            proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
 
 
 FILES = sorted(DASHBOARDS.glob("*.json"))
