@@ -120,6 +120,19 @@ def _register_data(sub: argparse._SubParsersAction) -> None:
     insp.add_argument("--json", action="store_true", help="print the manifest(s) as JSON")
     insp.set_defaults(handler=_data_inspect)
 
+    fetch = data_sub.add_parser(
+        "fetch",
+        help="fetch a dataset's shards into the local cache (verified) and print its path",
+        description="What the trainer does before training, as a command (e.g. for an init "
+        "container): fetch the manifest and the shards holding the first --unique-tokens tokens "
+        "into CACHE_DIR/s3/BUCKET/PREFIX, each verified against its sha256. Paths and file:// "
+        "URIs are only checked. Prints the local dataset directory.",
+    )
+    fetch.add_argument("uri", metavar="URI")
+    fetch.add_argument("--cache-dir", default=".diffar-cache", help="default: .diffar-cache")
+    fetch.add_argument("--unique-tokens", default=None, help="only the shards for the first N")
+    fetch.set_defaults(handler=_data_fetch)
+
 
 def _data_prepare(args: argparse.Namespace) -> int:
     from diffar.trainer.prepare import DEFAULT_SHARD_TOKENS, parse_count, prepare
@@ -174,3 +187,12 @@ def _data_inspect(args: argparse.Namespace) -> int:
     text, ok = inspect_datasets(args.uri, verify=args.verify, as_json=args.json)
     print(text)
     return 0 if ok else 1
+
+
+def _data_fetch(args: argparse.Namespace) -> int:
+    from diffar.trainer.prepare import parse_count
+    from diffar.trainer.storage import resolve_dataset
+
+    unique = parse_count(args.unique_tokens) if args.unique_tokens else None
+    print(resolve_dataset(args.uri, args.cache_dir, unique_tokens=unique))
+    return 0

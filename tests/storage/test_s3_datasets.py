@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -158,3 +159,16 @@ def test_a_trained_tokenizer_travels_with_its_dataset(bucket, tmp_path):
     w.finish(Manifest("bpe-300", 300, 299, tokens.size, 1, (info,)))
     local = storage.resolve_dataset(uri, tmp_path / "cache", tokenizer="bpe-300", vocab_size=300)
     assert (local / "tokenizer.json").read_bytes() == b'{"model": {}}'
+
+
+def test_cli_fetch(bucket, tmp_path, capsys):
+    src = write_corpus(tmp_path / "c.jsonl")
+    uri = f"s3://{bucket}/ds"
+    prepare([src], uri, 5000, 0, shard_tokens=2000, progress=False)
+    cache = tmp_path / "cache"
+    rc = main(["data", "fetch", f"{uri}/train", "--cache-dir", str(cache), "--unique-tokens", "3k"])
+    out = capsys.readouterr().out.strip()
+    assert rc == 0
+    assert out == str(cache / "s3" / bucket / "ds/train")
+    assert len(load_tokens(out, limit=3000, verify=True)) == 3000
+    assert sorted(p.name for p in Path(out).glob("*.bin")) == ["shard-00000.bin", "shard-00001.bin"]
