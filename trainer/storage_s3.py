@@ -158,7 +158,19 @@ class S3Store(Store):
         self.uri = uri.rstrip("/")
         self.bucket, self.prefix = split_s3(self.uri)
         self.opts = options
-        self.client = _client(options)
+        try:
+            self.client = _client(options)
+        except bex.ProfileNotFound:
+            raise StorageError(
+                f"{self.uri}: AWS profile {options.profile!r} not found; fix AWS_PROFILE or "
+                "~/.aws/config"
+            ) from None
+        except (ValueError, bex.BotoCoreError) as e:
+            raise StorageError(
+                f"{self.uri}: cannot set up the S3 client for endpoint "
+                f"{options.endpoint_url or 'AWS'} ({str(e).splitlines()[0]}); check "
+                "AWS_ENDPOINT_URL (e.g. http://host:9000)"
+            ) from None
 
     # ------------------------------------------------------------ plumbing
 
