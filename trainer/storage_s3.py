@@ -365,7 +365,8 @@ class S3Store(Store):
             return {"PartNumber": n, "ETag": resp["ETag"]}
 
         try:
-            with ThreadPoolExecutor(max_workers=self.opts.concurrency) as pool:
+            # uploads cost little CPU (no hashing here): parallel parts even on small machines
+            with ThreadPoolExecutor(max_workers=max(4, self.opts.concurrency)) as pool:
                 parts = list(pool.map(lambda r: send(*r), ranges))
             self._retry(
                 "complete multipart upload",
