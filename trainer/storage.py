@@ -312,6 +312,13 @@ def open_store(uri: str | Path, options: StorageOptions | dict | None = None) ->
 # ---------------------------------------------------------------- progress lines
 
 
+def _human(n: float) -> str:
+    for unit, size in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= size:
+            return f"{n / size:,.1f} {unit}"
+    return f"{int(n)} B"
+
+
 class _Meter:
     """Bytes/s reporting: a tqdm bar on a terminal, a plain line every few seconds otherwise."""
 
@@ -342,7 +349,7 @@ class _Meter:
         pct = 100.0 * self.done / self.total if self.total else 100.0
         secs = time.monotonic() - self.start
         print(
-            f"{self.label}: {self.done / 1e6:,.1f}/{self.total / 1e6:,.1f} MB ({pct:.0f}%) "
+            f"{self.label}: {_human(self.done)}/{_human(self.total)} ({pct:.0f}%) "
             f"in {secs:.1f} s, {self.rate() / 1e6:,.1f} MB/s{' done' if final else ''}",
             file=sys.stderr,
             flush=True,

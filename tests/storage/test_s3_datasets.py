@@ -53,8 +53,11 @@ def test_prepare_to_s3_then_inspect_and_fetch(bucket, tmp_path, capsys, proxy):
     # the same bytes as a local prepare of the same input
     prepare([src], tmp_path / "local", 6000, 1000, shard_tokens=2500, progress=False)
     cache = tmp_path / "cache"
+    capsys.readouterr()
     local = storage.resolve_dataset(f"{uri}/train", cache)
     assert local == cache / "s3" / bucket / "datasets/small/train"
+    err = capsys.readouterr().err  # progress and throughput, a plain line when not a terminal
+    assert f"fetch {uri}/train: 12.0 kB/12.0 kB (100%) in" in err and "MB/s done" in err
     assert np.array_equal(load_tokens(local, verify=True), load_tokens(tmp_path / "local/train"))
     assert read_manifest(local) == read_manifest(tmp_path / "local/train")
 
