@@ -261,6 +261,9 @@ def _run_child(
     run: LocalRun, cmd: list[str], log: Path, phase: str, display: _Display, threads: int
 ) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1"}
+    # torchx's local scheduler runs `torchrun` by name: the one beside this interpreter, even
+    # when its virtualenv is not activated.
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     started = time.time()
     proc = _spawn(cmd, log, env)
     try:

@@ -81,4 +81,6 @@ def torchrun_cmd(nproc: int, *args: str) -> list[str]:
 
 def run(cmd: list[str], timeout: float = 300, **kw) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    # torchx runs `torchrun` by name: the virtualenv's, activated or not (as in CI).
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, **kw)
