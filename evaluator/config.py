@@ -5,13 +5,12 @@ Light on imports (pydantic only) so the operator can render it into the eval Job
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from diffar.trainer.config import format_validation, load_mapping
 from diffar.trainer.errors import UserError
 
 DEFAULT_TASKS = (
@@ -86,23 +85,8 @@ def parse_eval_config(raw: dict) -> EvalConfig:
     try:
         return EvalConfig.model_validate(raw)
     except ValidationError as e:
-        msgs = [
-            f"{'.'.join(str(p) for p in err['loc']) or 'config'}: {err['msg']}"
-            for err in e.errors()
-        ]
-        raise EvalConfigError("invalid eval config: " + "; ".join(msgs)) from None
+        raise EvalConfigError(format_validation(e, what="eval config")) from None
 
 
 def load_eval_raw(path: str | Path) -> dict:
-    path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as e:
-        raise EvalConfigError(f"cannot read eval config {path}: {e.strerror}") from None
-    try:
-        raw = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-    except (json.JSONDecodeError, yaml.YAMLError) as e:
-        raise EvalConfigError(f"{path} is not valid YAML/JSON: {e}") from None
-    if not isinstance(raw, dict):
-        raise EvalConfigError(f"{path} must hold a mapping of eval config fields")
-    return raw
+    return load_mapping(path, what="eval config")

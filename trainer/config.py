@@ -200,31 +200,36 @@ def parse_config(raw: dict) -> TrainConfig:
     try:
         return TrainConfig.model_validate(raw)
     except ValidationError as e:
-        raise ConfigError(_format_validation(e)) from None
+        raise ConfigError(format_validation(e)) from None
 
 
-def load_config(path: str | Path) -> TrainConfig:
+def load_mapping(path: str | Path, what: str = "config") -> dict:
+    """A YAML or JSON file holding a mapping, or a one-line ConfigError saying what is wrong."""
     path = Path(path)
     try:
         text = path.read_text()
     except OSError as e:
-        raise ConfigError(f"cannot read config {path}: {e.strerror}") from None
+        raise ConfigError(f"cannot read {what} {path}: {e.strerror}") from None
     try:
         raw = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
     except (json.JSONDecodeError, yaml.YAMLError) as e:
         kind = "JSON" if path.suffix == ".json" else "YAML"
         raise ConfigError(f"{path} is not valid {kind}: {' '.join(str(e).split())}") from None
     if not isinstance(raw, dict):
-        raise ConfigError(f"{path} must hold a mapping of config fields")
-    return parse_config(raw)
+        raise ConfigError(f"{path} must hold a mapping of {what} fields")
+    return raw
 
 
-def _format_validation(e: ValidationError) -> str:
+def load_config(path: str | Path) -> TrainConfig:
+    return parse_config(load_mapping(path))
+
+
+def format_validation(e: ValidationError, what: str = "config") -> str:
     lines = []
     for err in e.errors():
         where = ".".join(str(p) for p in err["loc"]) or "config"
         lines.append(f"{where}: {err['msg'].removeprefix('Value error, ')}")
-    return "invalid config: " + "; ".join(lines)
+    return f"invalid {what}: " + "; ".join(lines)
 
 
 def apply_overrides(cfg: TrainConfig, assignments: list[str]) -> TrainConfig:
