@@ -11,14 +11,15 @@ objectives (AR: causal; MDM: bidirectional attention, the paper's masking and lo
              `engine.step`, exactly as trainer/train.py calls them;
   model      diffar's Transformer with a plain torch loop (the same loss, clip and AdamW);
   reference  Hugging Face transformers' LlamaForCausalLM configured to the same dims, with our
-             weights copied in (logits checked equal before timing), the same loss, clip, AdamW.
+             weights copied in (logits checked equal before timing), the same loss, clip, AdamW;
+  compiled   (--compile) `model` under torch.compile (inductor), compiled during the warm-up.
 
 The machine is shared and noisy (2 cores, other jobs): by default torch runs one thread and each
 step is timed in CPU seconds of this process (`time.process_time`), which other jobs' load barely
 moves, beside the wall clock; the sides are interleaved step by step (the order rotates every
 round) and medians are reported. tokens/s and MFU are per CPU-second of one thread. MFU = tokens/s x FLOPs/token / peak, with FLOPs/token =
 6N + 12 * n_layers * L * h (N: the weight matrices, tied unembedding included) and the peak a
-dense fp32 matmul measured in the same run. Writes bench/results/trainer-<device>.json.
+dense fp32 matmul measured in the same run. Writes bench/results/trainer-cpu-<preset>.json.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ import stepbench as common  # noqa: E402
 import torch  # noqa: E402
 from stepbench import ModelConfig, Stepper, Transformer  # noqa: E402
 
-SIDES = ("engine", "model", "reference")
+SIDES = ("engine", "model", "reference")  # plus "compiled" with --compile
 
 
 class EngineStepper:
@@ -76,6 +77,7 @@ class EngineStepper:
 
 
 def run(args) -> dict:
+    sides = SIDES + (("compiled",) if args.compile else ())
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device("cpu")
@@ -109,6 +111,9 @@ def run(args) -> dict:
             "model": Stepper(ours, objective, cfg, device),
             "reference": Stepper(ref, objective, cfg, device),
         }
+        if args.compile:
+            twin = copy.deepcopy(ours)
+            steppers["compiled"] = Stepper(torch.compile(twin), objective, cfg, device)
         gen = torch.Generator().manual_seed(args.seed)
         batches = [
             torch.randint(0, cfg.vocab_size, (args.batch, args.seq_len + 1), generator=gen)
@@ -119,17 +124,18 @@ def run(args) -> dict:
             for side, s in steppers.items():
                 loss = s.step(batches[i])
                 first.setdefault(side, float(loss))
-        cpu = {side: [] for side in SIDES}
-        wall = {side: [] for side in SIDES}
+        cpu = {side: [] for side in sides}
+        wall = {side: [] for side in sides}
         for r in range(args.reps):
-            order = SIDES[r % 3 :] + SIDES[: r % 3]
+            k = r % len(sides)
+            order = sides[k:] + sides[:k]
             for side in order:
                 t, c = time.perf_counter(), time.process_time()
                 steppers[side].step(batches[args.warmup + r])
                 cpu[side].append(time.process_time() - c)
                 wall[side].append(time.perf_counter() - t)
         row = {"logit_max_abs_diff": err, "first_step_loss": first}
-        for side in SIDES:
+        for side in sides:
             med = statistics.median(cpu[side])
             tps = tokens / med
             row[side] = {
@@ -144,6 +150,11 @@ def run(args) -> dict:
         ref_tps = row["reference"]["tokens_per_s"]
         row["ratio_engine_vs_reference"] = row["engine"]["tokens_per_s"] / ref_tps
         row["ratio_model_vs_reference"] = row["model"]["tokens_per_s"] / ref_tps
+        if args.compile:
+            row["ratio_compiled_vs_reference"] = row["compiled"]["tokens_per_s"] / ref_tps
+            row["ratio_compiled_vs_model"] = (
+                row["compiled"]["tokens_per_s"] / row["model"]["tokens_per_s"]
+            )
         results[objective] = row
         del steppers
 
@@ -153,7 +164,7 @@ def run(args) -> dict:
         f"   {'wall s':>7} {'ours/ref':>8}"
     )
     for objective, row in results.items():
-        for side in SIDES:
+        for side in sides:
             r = row[side]
             ref = row["reference"]
             ratio = wall_ratio = ""
@@ -187,6 +198,7 @@ def run(args) -> dict:
         "seq_len": args.seq_len,
         "precision": "fp32",
         "reps": args.reps,
+        "sides": list(sides),
         "timing": "median CPU seconds of this process per step (time.process_time), interleaved",
         "peak_flops": peak,
         "peak_flops_all": peaks,
@@ -205,10 +217,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--objectives", type=lambda s: s.split(","), default=["ar", "mdm"])
     ap.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", type=Path, default=HERE / "results" / "trainer-cpu.json")
+    ap.add_argument(
+        "--compile", action="store_true", help="add our model under torch.compile (slow start)"
+    )
+    ap.add_argument("--out", type=Path, help="default: bench/results/trainer-cpu-<preset>.json")
     ap.add_argument("--json", action="store_true", help="print the JSON too")
     args = ap.parse_args(argv)
     report = run(args)
+    args.out = args.out or HERE / "results" / f"trainer-cpu-{args.preset}.json"
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {args.out}")
