@@ -156,10 +156,17 @@ def _base_objective(theta, logN, logD, logL):
     return float(_huber(r).sum()), grad
 
 
+# Log-parameters past this are unphysical; clipping keeps a wandering line search finite.
+_MAX_LOG = 300.0
+
+
 def _unpack(theta: np.ndarray, free: list[str], fixed: dict[str, float]) -> dict[str, float]:
     v = dict(fixed)
     for name, x in zip(free, theta, strict=True):
-        v[name] = math.exp(x) if name in ("E", "A", "B", "R_D_star", "R_N_star") else float(x)
+        if name in ("E", "A", "B", "R_D_star", "R_N_star"):
+            v[name] = math.exp(min(max(float(x), -_MAX_LOG), _MAX_LOG))
+        else:
+            v[name] = float(x)
     return v
 
 
