@@ -48,7 +48,7 @@ SIDES = ("engine", "model", "reference")  # plus "compiled" with --compile
 class EngineStepper:
     """The trainer's own step: DeepSpeed engine as `diffar.trainer.engine.build_engine` makes it."""
 
-    def __init__(self, model, objective: str, cfg: ModelConfig, batch: int):
+    def __init__(self, model, objective: str, cfg: ModelConfig, batch: int, zero_stage: int = 1):
         from diffar.trainer.config import TrainConfig
         from diffar.trainer.distributed import init_distributed
         from diffar.trainer.engine import build_engine
@@ -62,6 +62,7 @@ class EngineStepper:
             global_batch=batch,
             micro_batch=batch,
             precision="fp32" if env.device.type == "cpu" else "bf16",
+            zero_stage=zero_stage,
         )
         plan = plan_run(train_cfg)
         self.engine = build_engine(model, train_cfg, plan, env)
@@ -107,7 +108,9 @@ def run(args) -> dict:
         ref = common.build_reference(cfg, causal)
         common.copy_weights(ours, ref)
         steppers = {
-            "engine": EngineStepper(copy.deepcopy(ours), objective, cfg, args.batch),
+            "engine": EngineStepper(
+                copy.deepcopy(ours), objective, cfg, args.batch, args.zero_stage
+            ),
             "model": Stepper(ours, objective, cfg, device),
             "reference": Stepper(ref, objective, cfg, device),
         }
@@ -198,6 +201,7 @@ def run(args) -> dict:
         "seq_len": args.seq_len,
         "precision": "fp32",
         "reps": args.reps,
+        "engine_zero_stage": args.zero_stage,
         "sides": list(sides),
         "timing": "median CPU seconds of this process per step (time.process_time), interleaved",
         "peak_flops": peak,
@@ -217,6 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--objectives", type=lambda s: s.split(","), default=["ar", "mdm"])
     ap.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--zero-stage", type=int, default=1, help="the engine's (trainer default 1)")
     ap.add_argument(
         "--compile", action="store_true", help="add our model under torch.compile (slow start)"
     )
