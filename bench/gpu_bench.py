@@ -97,7 +97,7 @@ def check_correctness(device, size: str) -> dict:
     preset, seq = ("small", 256) if size == "paper" else ("nano", 64)
     cfg = ModelConfig(preset=preset, seq_len=seq, dropout=0.0)
     out = {"preset": preset, "seq_len": seq}
-    tf32 = torch.backends.cuda.matmul.allow_tf32
+    tf32 = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
     try:
@@ -141,7 +141,7 @@ def check_correctness(device, size: str) -> dict:
             out["flash_vs_sdpa_max_diff"] = diff
             log(f"  flash-attn vs SDPA logits (bf16), max |diff| {diff:.3e}")
     finally:
-        torch.backends.cuda.matmul.allow_tf32 = tf32
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
     out["ok"] = all(out[o]["ok"] for o in ("ar", "mdm"))
     return out
 
