@@ -85,7 +85,10 @@ def run(args) -> dict:
     cfg = ModelConfig(preset=args.preset, seq_len=args.seq_len, dropout=args.dropout)
     ref_version = common.reference_available()
     if ref_version is None:
-        sys.exit("transformers is not installed: pip install transformers==5.15.1 (see docs)")
+        sys.exit(
+            "transformers is not installed (the reference): "
+            ".venv/bin/pip install -c constraints.txt transformers"
+        )
     fpt = common.model_flops_per_token(cfg)
     tokens = args.batch * args.seq_len
     print(f"model: {common.describe(cfg)}, dropout {args.dropout}")
