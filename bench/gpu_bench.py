@@ -16,7 +16,7 @@ row, so a timeout keeps what was measured:
    reference (transformers' Llama at the same dims, if importable), eager (then 5., the same
    under torch.compile, last because compiling is what a timeout would cut);
    MFU = tokens/s x (6N + 12 * n_layers * L * h) / measured peak (and / 989 TFLOP/s, the H100
-   datasheet);
+   datasheet); "syncs": CUDA calls that made the host wait during one eager step (none wanted);
    plus, eager, "ours+fusedCE": the chunked fused unembedding + cross-entropy experiment
    (bench/exp_fused_ce.py), its column showing x(speed-up over ours); its loss and gradients
    are checked against ours in 1.;
@@ -189,6 +189,23 @@ def time_steps(stepper, windows, warmup: int, steps: int, device) -> float:
     return (time.perf_counter() - t) / steps
 
 
+def count_host_syncs(stepper, windows, device) -> int | None:
+    """CUDA calls that make the host wait for the GPU during one step (torch's sync debug
+    mode, which warns on each): a fast step has none."""
+    if device.type != "cuda":
+        return None
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            stepper.step(windows)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    return sum("synchroniz" in str(w.message) for w in caught)
+
+
 def throughput_row(preset, objective, seq, batch, side, compiled, device, dtype, steps):
     cfg = ModelConfig(preset=preset, seq_len=seq, dropout=0.0)
     causal = objective == "ar"
@@ -215,13 +232,14 @@ def throughput_row(preset, objective, seq, batch, side, compiled, device, dtype,
     stepper.step(windows)  # first step: compilation, allocator warm-up
     sb.sync(device)
     first = time.perf_counter() - t0
+    syncs = count_host_syncs(stepper, windows, device) if not compiled else None
     sec = time_steps(stepper, windows, warmup=2, steps=steps, device=device)
     mem = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
     del stepper, model
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
-    return cfg, {"step_s": sec, "first_step_s": first, "max_mem_gib": mem}
+    return cfg, {"step_s": sec, "first_step_s": first, "max_mem_gib": mem, "host_syncs": syncs}
 
 
 def host_side(device, preset: str, objective: str, seq: int, micro: int, steps: int) -> dict:
@@ -326,7 +344,7 @@ def main(argv: list[str] | None = None) -> int:
     log("== 3. throughput and MFU, eager")
     log(
         f"  {'run':<10} {'side':<12} {'compile':<7} {'tokens/s':>10} {'MFU':>7} "
-        f"{'MFU/989':>8} {'step ms':>8} {'mem GiB':>8} {'ours/ref':>8}"
+        f"{'MFU/989':>8} {'step ms':>8} {'mem GiB':>8} {'ours/ref':>8} {'syncs':>5}"
     )
     sides = ["ours"] + (["reference"] if sb.reference_available() else [])
     experiment = ["ours+fusedCE"]  # eager only: the chunk loop is plain Python
@@ -406,7 +424,7 @@ def main(argv: list[str] | None = None) -> int:
                 log(
                     f"  {row['run']:<10} {side:<12} {compiled!s:<7} {tps:>10,.0f} "
                     f"{row['mfu']:>7.1%} {row['mfu_datasheet']:>8.1%} {r['step_s'] * 1e3:>8.1f} "
-                    f"{mem:>8} {ratio:>8}"
+                    f"{mem:>8} {ratio:>8} {'-' if r['host_syncs'] is None else r['host_syncs']:>5}"
                 )
         if not compiled:
             host_section()  # before any compilation, so a timeout cannot cut it
