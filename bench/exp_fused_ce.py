@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--preset", default="tiny")
     ap.add_argument("--seq-len", type=int, default=256)
     ap.add_argument("--batch", type=int, default=4)
-    ap.add_argument("--chunk", type=int, default=128)
+    ap.add_argument("--chunk", type=int, default=128, help="rows per chunk (CPU best: 64-128)")
     ap.add_argument("--reps", type=int, default=7)
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
