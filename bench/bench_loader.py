@@ -17,13 +17,9 @@ consumed). Writes bench/results/loader-cpu.json.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import statistics
 import sys
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +30,9 @@ from diffar.trainer.sampler import EpochSampler
 from diffar.trainer.sizing import count_parameters, flops_per_token
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from benchio import stamp, write_report  # noqa: E402
+
 H100_BF16_DENSE = 989e12
 MFU_GOAL = 0.45
 REQUIRED_FACTOR = 10.0
@@ -136,13 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"loader sustains 10x the GPU's consumption: {'yes' if ok else 'NO'}")
 
     report = {
-        "benchmark": "loader",
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": {
-            "processor": platform.processor() or platform.machine(),
-            "cpus": os.cpu_count(),
-            "load_avg_1m": os.getloadavg()[0],
-        },
+        **stamp("loader"),
         "unique_tokens": args.unique_tokens,
         "seq_len": args.seq_len,
         "global_batch": args.global_batch,
@@ -157,11 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         "margin_vs_10x": margins,
         "meets_10x": ok,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {args.out}")
-    if args.json:
-        print(json.dumps(report, indent=2))
+    write_report(report, args.out, args.json)
     return 0
 
 

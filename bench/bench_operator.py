@@ -21,18 +21,19 @@ import argparse
 import copy
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
 import threading
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 import yaml
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from benchio import stamp, write_report  # noqa: E402
+
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT / "tests" / "operator"))
 # The progress timer (read when the handlers module is imported) would scrape every run's
@@ -186,13 +187,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {len(failures)} run(s) got no PyTorchJob within {args.timeout}s: {failures[:5]}")
 
     report = {
-        "benchmark": "operator",
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": {
-            "processor": platform.processor() or platform.machine(),
-            "cpus": os.cpu_count(),
-            "load_avg_1m": os.getloadavg()[0],
-        },
+        **stamp("operator"),
         "what": "kube create of an ARRun/DiffusionRun -> emulator stores <run>-train PyTorchJob",
         "runs": args.runs,
         "measured": len(ms),
@@ -200,11 +195,7 @@ def main(argv: list[str] | None = None) -> int:
         **summary,
         "latencies_ms": ms,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {args.out}")
-    if args.json:
-        print(json.dumps(report, indent=2))
+    write_report(report, args.out, args.json)
     return 1 if failures else 0
 
 

@@ -26,20 +26,17 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
-import os
-import platform
 import statistics
 import sys
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
 
+sys.path.insert(0, str(HERE))
 import stepbench as common  # noqa: E402
 import torch  # noqa: E402
+from benchio import stamp, write_report  # noqa: E402
 from stepbench import ModelConfig, Stepper, Transformer  # noqa: E402
 
 SIDES = ("engine", "model", "reference")  # plus "compiled" with --compile
@@ -185,16 +182,10 @@ def run(args) -> dict:
         losses = ", ".join(f"{k} {v:.5f}" for k, v in row["first_step_loss"].items())
         print(f"{'':<9} first-step loss: {losses}; logits max diff {row['logit_max_abs_diff']:.2g}")
 
+    head = stamp("trainer")
+    head["machine"].update(device="cpu", torch_threads=torch.get_num_threads())
     return {
-        "benchmark": "trainer",
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": {
-            "device": "cpu",
-            "processor": platform.processor() or platform.machine(),
-            "cpus": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(),
-            "load_avg_1m": os.getloadavg()[0],
-        },
+        **head,
         "versions": {"torch": torch.__version__, "transformers": ref_version},
         "model": cfg.model_dump(),
         "params": common.count_parameters(cfg),
@@ -233,11 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     report = run(args)
     args.out = args.out or HERE / "results" / f"trainer-cpu-{args.preset}.json"
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {args.out}")
-    if args.json:
-        print(json.dumps(report, indent=2))
+    write_report(report, args.out, args.json)
     return 0
 
 
