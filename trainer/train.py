@@ -194,7 +194,18 @@ def train(cfg: TrainConfig) -> RunPlan:
     if env.is_main:
         progress.close()
         progress.message(f"diffar train {cfg.name}: done, {step} steps, {tokens_seen:,} tokens")
+    _shutdown()
     return plan
+
+
+def _shutdown() -> None:
+    """Leave the process group together: a rank that exits while a peer's gloo threads still
+    talk to it can abort that peer ("terminate called without an active exception")."""
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 def _barrier() -> None:

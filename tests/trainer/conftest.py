@@ -1,6 +1,3 @@
-import os
-import socket
-import subprocess
 import sys
 from pathlib import Path
 
@@ -28,12 +25,6 @@ def markov_dataset(markov_splits) -> Path:
     return markov_splits[0]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def write_config(tmp_path, markov_dataset):
     def write(**overrides) -> Path:
@@ -59,28 +50,3 @@ def write_config(tmp_path, markov_dataset):
         return path
 
     return write
-
-
-def diffar_cmd(*args: str) -> list[str]:
-    return [sys.executable, "-m", "diffar.operator.cli", *args]
-
-
-def torchrun_cmd(nproc: int, *args: str) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        f"--nproc-per-node={nproc}",
-        "--master-addr=127.0.0.1",
-        f"--master-port={free_port()}",
-        "-m",
-        "diffar.operator.cli",
-        *args,
-    ]
-
-
-def run(cmd: list[str], timeout: float = 300, **kw) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    # torchx runs `torchrun` by name: the virtualenv's, activated or not (as in CI).
-    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, **kw)

@@ -12,7 +12,7 @@ from pathlib import Path
 import psutil
 import pytest
 import torch
-from conftest import diffar_cmd, free_port, run, torchrun_cmd
+from runhelpers import diffar_cmd, free_port, run, torchrun_cmd
 
 from diffar.trainer.export import load_export
 from diffar.trainer.metrics import METRIC_NAMES
