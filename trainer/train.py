@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from diffar.trainer import checkpoint
@@ -50,7 +51,10 @@ def load_validation_windows(cfg: TrainConfig) -> torch.Tensor | None:
 def step_seed(seed: int, step: int, rank: int, micro: int) -> int:
     # Every source of randomness in a micro-step (dropout, MDM's t and mask) is derived from
     # (seed, step, rank, micro): a resumed run replays exactly what the uninterrupted one drew.
-    return (seed * 1_000_003 + step * 10_007 + rank * 101 + micro) % (2**63 - 1)
+    # SeedSequence hashes the tuple, so no two (step, rank, micro) share a stream at any scale.
+    return int(
+        np.random.SeedSequence([seed, step, rank, micro]).generate_state(1, np.uint64)[0] >> 1
+    )
 
 
 def train(cfg: TrainConfig) -> RunPlan:
