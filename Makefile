@@ -14,7 +14,7 @@ help:
 	@echo "make test-fast   unit tests only (no multi-process training, no servers)"
 	@echo "make lint        ruff, hadolint, helm lint, promtool over dashboards and alerts"
 	@echo "make bench       benchmarks under bench/ (never part of make test)"
-	@echo "make reproduce   the CPU reproduction grid, fitted, into docs/reproduction.md (~1 hour)"
+	@echo "make reproduce   the CPU reproduction grid, fitted, into docs/reproduction.md (~25 min)"
 	@echo "make manifests   regenerate the CRDs in crds/ and the Helm chart from the models"
 	@echo "make images      build the operator, trainer and evaluator images (needs Docker)"
 
@@ -77,7 +77,7 @@ images:
 quickstart: $(STAMP)
 	$(BIN)/diffar quickstart
 
-# The small CPU reproduction grid (about an hour here; not part of make test).
+# The small CPU reproduction grid (22 minutes here; not part of make test).
 reproduce: $(STAMP)
 	$(BIN)/diffar reproduce
 

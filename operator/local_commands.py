@@ -51,7 +51,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     r = sub.add_parser(
         "reproduce",
-        help="the small CPU reproduction grid, fitted, written to docs/reproduction.md (about an hour)",
+        help="the small CPU reproduction grid, fitted, written to docs/reproduction.md (~25 min)",
         description="Train AR and MDM at two model sizes and two unique-token budgets for 100 "
         "epochs each (validation every 4 epochs), fit the data-constrained scaling law to all "
         "validation points, and write the report with plots. Not part of the tests.",
