@@ -39,8 +39,12 @@ class LocalRun:
     train_config: object  # diffar.trainer.config.TrainConfig
     eval_config: dict | None
     processes: int
-    total_steps: int
+    plan: object  # diffar.trainer.plan.RunPlan of train_config
     threads: int | None = None
+
+    @property
+    def total_steps(self) -> int:
+        return self.plan.total_steps
 
     @property
     def train_json(self) -> Path:
@@ -119,7 +123,7 @@ def resolve(manifest: dict, root: Path, processes: int | None = None) -> LocalRu
         cfg,
         eval_cfg,
         nproc,
-        plan_run(cfg).total_steps,
+        plan_run(cfg),
         threads=run.spec.local.threads,
     )
 
@@ -150,10 +154,7 @@ def read_progress(run: LocalRun, started: float | None) -> Progress:
             row = json.loads(line)
             if "loss" in row:
                 step, loss = row["step"], row["loss"]
-    cfg = run.train_config
-    from diffar.trainer.plan import plan_run
-
-    plan = plan_run(cfg)
+    cfg, plan = run.train_config, run.plan
     eta = None
     if started is not None and step > 0 and step < run.total_steps:
         rate = step / max(time.time() - started, 1e-6)
@@ -344,6 +345,40 @@ def run_local(
                        results=results_from(run.results_json))  # fmt: skip
     write_status(run, status)
     return status
+
+
+def run_side_by_side(runs: list[LocalRun], workers: int = 2) -> list[RunStatus]:
+    """Run several local runs, `workers` at a time, one CPU thread each; statuses in order.
+    They share the terminal, so progress comes as plain lines. The first failure stops new
+    runs from starting and is raised once the running ones end."""
+    import threading
+
+    statuses: list[RunStatus | None] = [None] * len(runs)
+    pending = list(enumerate(runs))
+    errors: list[BaseException] = []
+    lock = threading.Lock()
+
+    def worker() -> None:
+        while True:
+            with lock:
+                if not pending or errors:
+                    return
+                i, run = pending.pop(0)
+            try:
+                display = _Display(run.name)
+                display.tty = False
+                statuses[i] = run_local(run, threads=1, display=display)
+            except BaseException as e:  # re-raised in the caller's thread
+                errors.append(e)
+
+    threads = [threading.Thread(target=worker, daemon=True) for _ in range(workers)]
+    for t in threads:
+        t.start()
+    while any(t.is_alive() for t in threads):
+        time.sleep(0.3)
+    if errors:
+        raise errors[0]
+    return statuses
 
 
 def format_status(name: str, status: RunStatus) -> str:

@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import json
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -107,31 +106,11 @@ def _load_run(path: Path, root: Path):
 
 def train_and_evaluate(plan: QuickstartPlan, log=print) -> dict:
     """Both runs side by side (one core each); returns {objective: (LocalRun, RunStatus)}."""
-    from diffar.operator.local import _Display, run_local
+    from diffar.operator.local import run_side_by_side
 
     runs = [_load_run(p, plan.root) for p in plan.examples]
-    outcomes: dict = {}
-    errors: list[BaseException] = []
-
-    def one(run) -> None:
-        try:
-            display = _Display(run.name)
-            display.tty = False  # two runs share the terminal: plain lines, no rewriting
-            outcomes[run.objective] = (run, run_local(run, threads=1, display=display))
-        except BaseException as e:  # reported once both threads finish
-            errors.append(e)
-
-    threads = [threading.Thread(target=one, args=(r,), daemon=True) for r in runs]
-    for t in threads:
-        t.start()
-    try:
-        while any(t.is_alive() for t in threads):
-            time.sleep(0.3)
-    except KeyboardInterrupt:
-        raise
-    if errors:
-        raise errors[0]
-    return outcomes
+    statuses = run_side_by_side(runs, workers=len(runs))
+    return {run.objective: (run, status) for run, status in zip(runs, statuses, strict=True)}
 
 
 # ------------------------------------------------------------------------------ report

@@ -17,7 +17,6 @@ import copy
 import csv
 import io
 import json
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -96,7 +95,7 @@ def points_of(run: GridRun, log_file: Path, params: int) -> list[dict]:
 
 
 def reproduce(repo: Path, root: Path, report: Path, log=print) -> int:
-    from diffar.operator.local import _Display, resolve, run_local
+    from diffar.operator.local import resolve, run_side_by_side
     from diffar.operator.quickstart import default_plan, prepare_data
     from diffar.trainer.sizing import count_parameters
 
@@ -109,30 +108,7 @@ def reproduce(repo: Path, root: Path, report: Path, log=print) -> int:
     }
     runs = grid()
     resolved = [resolve(manifest_for(r, templates), root, processes=1) for r in runs]
-    queue = list(zip(runs, resolved, strict=True))
-    errors: list[BaseException] = []
-    lock = threading.Lock()
-
-    def worker() -> None:
-        while True:
-            with lock:
-                if not queue or errors:
-                    return
-                _grid_run, local = queue.pop(0)
-            try:
-                display = _Display(local.name)
-                display.tty = False
-                run_local(local, threads=1, display=display)
-            except BaseException as e:  # reported once both workers stop
-                errors.append(e)
-
-    workers = [threading.Thread(target=worker, daemon=True) for _ in range(2)]
-    for w in workers:
-        w.start()
-    while any(w.is_alive() for w in workers):
-        time.sleep(0.5)
-    if errors:
-        raise errors[0]
+    run_side_by_side(resolved, workers=2)
 
     points = []
     for run, local in zip(runs, resolved, strict=True):
