@@ -152,13 +152,10 @@ class CheckpointPlace:
 def place_for(cfg: TrainConfig) -> CheckpointPlace | None:
     if not cfg.checkpoint.dir:
         return None
-    from diffar.trainer.storage import is_remote, local_path
+    from diffar.trainer.storage import local_checkpoint_dir
 
     uri = cfg.checkpoint.dir
-    if not is_remote(uri):
-        return CheckpointPlace(uri, local_path(uri))
-    staging = Path(cfg.data.cache_dir) / "checkpoints" / uri.split("://", 1)[1].strip("/")
-    return CheckpointPlace(uri, staging)
+    return CheckpointPlace(uri, local_checkpoint_dir(uri, cfg.data.cache_dir))
 
 
 def pull(place: CheckpointPlace) -> None:

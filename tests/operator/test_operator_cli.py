@@ -6,25 +6,19 @@ from __future__ import annotations
 import copy
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 import urllib.request
 
 import yaml
+from testsupport.servers import free_port
 
 from diffar.operator import progress
 from diffar.trainer.metrics import StepReport, TrainMetrics
 
 from .conftest import ROOT
 from .harness import NS
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_progress_reads_the_trainers_own_metrics_endpoint():

@@ -1,16 +1,11 @@
 """Launching `diffar` in subprocesses for the trainer tests (a module name no other folder uses)."""
 
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from testsupport.servers import free_port
 
 
 def diffar_cmd(*args: str) -> list[str]:
