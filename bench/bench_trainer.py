@@ -4,14 +4,17 @@
 
 One training step is forward + backward + gradient clipping (1.0) + AdamW (the paper's betas,
 eps and weight decay), on the same batch, in the same precision (fp32 on CPU), for both
-objectives (AR: causal; MDM: bidirectional attention, the paper's masking and loss). Three sides:
+objectives (AR: causal; MDM: bidirectional attention, the paper's masking and loss). Four sides:
 
   engine     our trainer's step: diffar's Transformer inside the DeepSpeed engine that
              `diffar train` builds (ZeRO 1, torch AdamW), `objective.loss` / `engine.backward` /
-             `engine.step`, exactly as trainer/train.py calls them;
+             `engine.step`, exactly as trainer/train.py calls them (the fused loss);
   model      diffar's Transformer with a plain torch loop (the same loss, clip and AdamW);
+  unfused    the same model with the loss taken from its full logits: the step before the fused
+             unembedding + cross-entropy (trainer/fused_ce.py), measured beside it;
   reference  Hugging Face transformers' LlamaForCausalLM configured to the same dims, with our
-             weights copied in (logits checked equal before timing), the same loss, clip, AdamW;
+             weights copied in (logits checked equal before timing), the same loss from its
+             logits, clip, AdamW;
   compiled   (--compile) `model` under torch.compile (inductor), compiled during the warm-up.
 
 The machine is shared and noisy (2 cores, other jobs): by default torch runs one thread and each
@@ -37,9 +40,9 @@ sys.path.insert(0, str(HERE))
 import stepbench as common  # noqa: E402
 import torch  # noqa: E402
 from benchio import stamp, write_report  # noqa: E402
-from stepbench import ModelConfig, Stepper, Transformer  # noqa: E402
+from stepbench import ModelConfig, Stepper, Transformer, UnfusedLoss  # noqa: E402
 
-SIDES = ("engine", "model", "reference")  # plus "compiled" with --compile
+SIDES = ("engine", "model", "unfused", "reference")  # plus "compiled" with --compile
 
 
 class EngineStepper:
@@ -112,6 +115,7 @@ def run(args) -> dict:
                 copy.deepcopy(ours), objective, cfg, args.batch, args.zero_stage
             ),
             "model": Stepper(ours, objective, cfg, device),
+            "unfused": Stepper(UnfusedLoss(copy.deepcopy(ours)), objective, cfg, device),
             "reference": Stepper(ref, objective, cfg, device),
         }
         if args.compile:
@@ -153,6 +157,10 @@ def run(args) -> dict:
         ref_tps = row["reference"]["tokens_per_s"]
         row["ratio_engine_vs_reference"] = row["engine"]["tokens_per_s"] / ref_tps
         row["ratio_model_vs_reference"] = row["model"]["tokens_per_s"] / ref_tps
+        row["ratio_unfused_vs_reference"] = row["unfused"]["tokens_per_s"] / ref_tps
+        row["ratio_fused_vs_unfused"] = (
+            row["model"]["tokens_per_s"] / row["unfused"]["tokens_per_s"]
+        )
         if args.compile:
             row["ratio_compiled_vs_reference"] = row["compiled"]["tokens_per_s"] / ref_tps
             row["ratio_compiled_vs_model"] = (
@@ -181,6 +189,10 @@ def run(args) -> dict:
             )
         losses = ", ".join(f"{k} {v:.5f}" for k, v in row["first_step_loss"].items())
         print(f"{'':<9} first-step loss: {losses}; logits max diff {row['logit_max_abs_diff']:.2g}")
+        print(
+            f"{'':<9} fused loss / loss from full logits (model / unfused): "
+            f"{row['ratio_fused_vs_unfused']:.3f}x"
+        )
 
     head = stamp("trainer")
     head["machine"].update(device="cpu", torch_threads=torch.get_num_threads())

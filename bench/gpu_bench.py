@@ -17,9 +17,10 @@ row, so a timeout keeps what was measured:
    under torch.compile, last because compiling is what a timeout would cut);
    MFU = tokens/s x (6N + 12 * n_layers * L * h) / measured peak (and / 989 TFLOP/s, the H100
    datasheet); "syncs": CUDA calls that made the host wait during one eager step (none wanted);
-   plus, eager, "ours+fusedCE": the chunked fused unembedding + cross-entropy experiment
-   (bench/exp_fused_ce.py), its column showing x(speed-up over ours); its loss and gradients
-   are checked against ours in 1.;
+   "ours" computes the loss with the fused, chunked unembedding + cross-entropy
+   (trainer/fused_ce.py) as the trainer does; plus, eager, "ours-unfused": the same model with the
+   loss from its full logits (the step before that change), its column showing x(speed-up of
+   ours over it); the two losses and gradients are checked against each other in bf16 in 1.;
 4. the host side: EpochSampler batch time, pageable vs pinned host-to-device copy, and 140M AR
    steps fed through each (the trainer today copies from pageable memory).
 
@@ -42,10 +43,9 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-import exp_fused_ce  # noqa: E402
 import stepbench as sb  # noqa: E402
 import torch  # noqa: E402
-from stepbench import ModelConfig, Stepper, Transformer  # noqa: E402
+from stepbench import ModelConfig, Stepper, Transformer, UnfusedLoss  # noqa: E402
 
 H100_DATASHEET = 989e12
 SIZES = {
@@ -130,7 +130,7 @@ def check_correctness(device, size: str) -> dict:
                 f"{l32:.5f} (rel {rel:.2e}), grad cosine {cos:.5f}, AdamW update cosine "
                 f"{ucos:.4f} -> {'ok' if ok else 'FAIL'}"
             )
-        for objective in ("ar", "mdm"):  # the fused-CE experiment: same loss and gradients
+        for objective in ("ar", "mdm"):  # the fused loss: same loss and gradients as from logits
             state = trained_state(cfg, objective, device)
             pair = []
             for fused in (False, True):
@@ -139,11 +139,7 @@ def check_correctness(device, size: str) -> dict:
                 s = Stepper(model, objective, cfg, device, autocast=torch.bfloat16)
                 g = torch.Generator(device=device).manual_seed(5)
                 with torch.autocast(device.type, dtype=torch.bfloat16):
-                    loss = (
-                        exp_fused_ce.fused_loss(model, objective, windows, g, 64)
-                        if fused
-                        else s.obj.loss(model, windows, g)
-                    )
+                    loss = s.obj.loss(model if fused else UnfusedLoss(model), windows, g)
                 loss.backward()
                 grads = torch.cat([p.grad.flatten().double() for p in model.parameters()])
                 pair.append((float(loss.detach()), grads))
@@ -151,7 +147,7 @@ def check_correctness(device, size: str) -> dict:
             cos = float(cosine(pair[0][1], pair[1][1], dim=0))
             out[f"fused_ce_{objective}"] = {"loss_rel_diff": rel, "grad_cosine": cos}
             log(
-                f"  {objective}: fused chunked CE vs logits+CE (bf16): loss rel {rel:.2e}, "
+                f"  {objective}: fused chunked CE vs CE from logits (bf16): loss rel {rel:.2e}, "
                 f"grad cosine {cos:.5f}"
             )
         if sb.reference_available():
@@ -210,20 +206,15 @@ def throughput_row(preset, objective, seq, batch, side, compiled, device, dtype,
     cfg = ModelConfig(preset=preset, seq_len=seq, dropout=0.0)
     causal = objective == "ar"
     torch.manual_seed(0)
-    if side in ("ours", "ours+fusedCE"):
-        model = Transformer(cfg, causal).to(device)
-    else:
+    if side == "reference":
         model = sb.build_reference(cfg, causal).to(device)
+    else:
+        model = Transformer(cfg, causal).to(device)
+        if side == "ours-unfused":
+            model = UnfusedLoss(model)
     if compiled:
         model = torch.compile(model)
     stepper = Stepper(model, objective, cfg, device, autocast=dtype)
-    if side == "ours+fusedCE":  # bench/exp_fused_ce.py: no B*L*V logits in memory
-
-        def fused(w, m=model, g=stepper.gen, s=stepper):
-            with torch.autocast(device.type, dtype=dtype):
-                return exp_fused_ce.fused_loss(m, objective, w, g, 4096)
-
-        stepper.loss = fused
     gen = torch.Generator().manual_seed(0)
     windows = torch.randint(0, cfg.vocab_size, (batch, seq + 1), generator=gen).to(device)
     if device.type == "cuda":
@@ -347,7 +338,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{'MFU/989':>8} {'step ms':>8} {'mem GiB':>8} {'ours/ref':>8} {'syncs':>5}"
     )
     sides = ["ours"] + (["reference"] if sb.reference_available() else [])
-    experiment = ["ours+fusedCE"]  # eager only: the chunk loop is plain Python
+    before = ["ours-unfused"]  # eager only: what the fused loss gave
     compiles = [False] if args.no_compile else [False, True]
 
     def host_section() -> None:
@@ -368,7 +359,7 @@ def main(argv: list[str] | None = None) -> int:
             log("== 5. throughput and MFU under torch.compile (default mode; same columns)")
         for preset, objective, seq, batch in SIZES[args.size]:
             batch = args.batch or batch
-            for side in sides + ([] if compiled else experiment):
+            for side in sides + ([] if compiled else before):
                 if time.perf_counter() - start > args.budget_s:
                     log(f"  (budget of {args.budget_s:.0f}s spent: {preset} {side} skipped)")
                     continue
@@ -414,9 +405,9 @@ def main(argv: list[str] | None = None) -> int:
                     and x.get("compile") == compiled
                     and "tokens_per_s" in x
                 ]
-                if side == "ours+fusedCE":
-                    row["ratio_vs_ours"] = tps / ours[-1]["tokens_per_s"] if ours else None
-                    ratio = f"x{row['ratio_vs_ours']:.3f}" if ours else ""
+                if side == "ours-unfused" and ours:
+                    row["ratio_ours_vs_unfused"] = ours[-1]["tokens_per_s"] / tps
+                    ratio = f"x{row['ratio_ours_vs_unfused']:.3f}"
                 if side == "reference" and ours:
                     ratio = f"{ours[-1]['tokens_per_s'] / tps:.3f}"
                     ours[-1]["ratio_vs_reference"] = ours[-1]["tokens_per_s"] / tps

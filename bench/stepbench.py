@@ -49,7 +49,11 @@ import_diffar()
 from diffar.trainer.config import ModelConfig  # noqa: E402
 from diffar.trainer.engine import param_groups  # noqa: E402
 from diffar.trainer.model import Transformer  # noqa: E402
-from diffar.trainer.objectives import AutoregressiveObjective, MaskedDiffusionObjective  # noqa: E402
+from diffar.trainer.objectives import (  # noqa: E402
+    AutoregressiveObjective,
+    MaskedDiffusionObjective,
+    weighted_cross_entropy,
+)
 from diffar.trainer.sizing import count_parameters, flops_per_token  # noqa: E402
 
 # The paper's AdamW (arXiv 2507.15857, Table 5); the same object on both sides of a comparison.
@@ -70,7 +74,7 @@ def reference_available() -> str | None:
 
 
 def build_reference(cfg: ModelConfig, causal: bool, attn: str = "sdpa") -> nn.Module:
-    """transformers' LlamaForCausalLM with our dims; returns logits like ours (B, T, V)."""
+    """transformers' LlamaForCausalLM with our dims; logits like ours (B, T, V), or the loss."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     hf_cfg = LlamaConfig(
@@ -103,15 +107,41 @@ def build_reference(cfg: ModelConfig, causal: bool, attn: str = "sdpa") -> nn.Mo
     return _LogitsOnly(model)
 
 
-class _LogitsOnly(nn.Module):
-    """Calls the HF model the way a training loop does and returns its logits tensor."""
+class LossFromLogits(nn.Module):
+    """A model that returns logits, behind the loss interface the objectives call
+    (`model(tokens, targets, loss_weights)`): the loss is taken from the full B x L x V logits, as
+    a training loop without a fused loss computes it."""
+
+    def logits(self, tokens: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, tokens, targets=None, loss_weights=None) -> torch.Tensor:
+        logits = self.logits(tokens)
+        if targets is None:
+            return logits
+        return weighted_cross_entropy(logits, targets, loss_weights)
+
+
+class _LogitsOnly(LossFromLogits):
+    """Calls the HF model the way a training loop does and takes its logits tensor."""
 
     def __init__(self, hf: nn.Module):
         super().__init__()
         self.hf = hf
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+    def logits(self, tokens: torch.Tensor) -> torch.Tensor:
         return self.hf(input_ids=tokens, use_cache=False).logits
+
+
+class UnfusedLoss(LossFromLogits):
+    """Our Transformer with the loss from its full logits: the step before the fused loss."""
+
+    def __init__(self, model: Transformer):
+        super().__init__()
+        self.model = model
+
+    def logits(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.model(tokens)
 
 
 @torch.no_grad()
@@ -165,10 +195,10 @@ def objective_for(cfg: ModelConfig, name: str):
 class Stepper:
     """forward + backward + clip + AdamW step of one model on one objective.
 
-    `model` maps tokens to logits (ours or the reference); the loss is diffar's own objective
-    (`objective.loss(model, windows, generator)`), so both sides pay for the same loss, masking
-    included. `autocast` wraps
-    the forward in bf16 autocast (fp32 master weights, as DeepSpeed's bf16 mode keeps them).
+    `model` is ours (the fused loss), `UnfusedLoss(ours)` or the reference (loss from full logits);
+    the inputs, targets and weights are diffar's own objective's (`objective.loss(model, windows,
+    generator)`), so every side pays for the same masking and computes the same loss. `autocast`
+    wraps the forward in bf16 autocast (fp32 master weights, as DeepSpeed's bf16 mode keeps them).
     """
 
     def __init__(

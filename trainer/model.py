@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from diffar.trainer.config import ModelConfig
+from diffar.trainer.fused_ce import linear_cross_entropy
 from diffar.trainer.sizing import count_parameters
 
 try:  # flash-attn is a GPU-only extra; torch's SDPA is the fallback everywhere.
@@ -119,8 +120,15 @@ class Transformer(nn.Module):
         if isinstance(module, nn.Linear | nn.Embedding):
             nn.init.normal_(module.weight, mean=0.0, std=self.cfg.init_std)
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        """tokens (B, T) -> logits (B, T, padded_vocab) in fp32."""
+    def forward(
+        self,
+        tokens: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        loss_weights: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """tokens (B, T) -> logits (B, T, padded_vocab) in fp32; or, given targets and
+        loss_weights (B, T), the training loss sum(w * CE) as an fp32 scalar, computed without
+        materialising the logits (trainer/fused_ce.py)."""
         T = tokens.shape[1]
         if T > self.cfg.seq_len:
             raise ValueError(f"sequence of {T} tokens exceeds model.seq_len {self.cfg.seq_len}")
@@ -128,8 +136,13 @@ class Transformer(nn.Module):
         x = self.embed_dropout(self.embed(tokens))
         for block in self.blocks:
             x = block(x, cos, sin)
+        h = self.norm(x)
         # Tied output projection: the embedding matrix is the unembedding.
-        return F.linear(self.norm(x), self.embed.weight).float()
+        if targets is None:
+            return F.linear(h, self.embed.weight).float()
+        return linear_cross_entropy(
+            h.flatten(0, 1), self.embed.weight, targets.flatten(), loss_weights.flatten()
+        )
 
 
 def describe(cfg: ModelConfig) -> str:

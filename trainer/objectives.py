@@ -2,6 +2,14 @@
 
 Both take a batch of token windows of L+1 tokens, as the epoch sampler yields them. AR predicts
 each next token; MDM masks the first L tokens at a random rate and predicts the masked ones.
+
+Both losses are a weighted sum of per-position cross-entropies, sum_i w_i * CE_i: AR weighs
+every position 1/(B*L); MDM weighs a masked position 1/(p*B*L) and an unmasked one 0 (the
+paper's loss). An objective turns windows into (inputs, targets, weights), a `LossBatch`, and the
+model computes the weighted loss itself (`Transformer.forward(tokens, targets, loss_weights)`), so
+the training step never holds the B*L*V logits. `weighted_cross_entropy` is the same loss from
+logits, for models that only return logits (the evaluator's estimators, the benchmark's
+reference) and for tests.
 """
 
 from __future__ import annotations
@@ -16,20 +24,49 @@ from torch import nn
 from diffar.trainer.config import TrainConfig
 
 
+@dataclass(frozen=True)
+class LossBatch:
+    inputs: torch.Tensor  # (B, L) token ids the model sees
+    targets: torch.Tensor  # (B, L) token ids it is scored on
+    weights: torch.Tensor  # (B, L) fp32; the loss is sum(weights * CE)
+
+
 class Objective(Protocol):
     name: str
     causal: bool
 
+    def batch(self, windows: torch.Tensor, generator: torch.Generator) -> LossBatch:
+        """Inputs, targets and weights for windows (B, L+1); `generator` drives all sampling."""
+        ...
+
     def loss(
         self, model: nn.Module, windows: torch.Tensor, generator: torch.Generator
     ) -> torch.Tensor:
-        """Scalar training loss for windows (B, L+1); `generator` drives all sampling."""
+        """Scalar training loss; `model(inputs, targets, loss_weights)` returns it."""
         ...
+
+
+def weighted_cross_entropy(
+    logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor
+) -> torch.Tensor:
+    """sum(weights * CE); logits (..., V), targets and weights (...)."""
+    ce = F.cross_entropy(logits.flatten(0, -2).float(), targets.flatten(), reduction="none")
+    return (ce * weights.flatten()).sum()
+
+
+def ar_weights(targets: torch.Tensor) -> torch.Tensor:
+    return torch.full(targets.shape, 1.0 / targets.numel(), device=targets.device)
+
+
+def mdm_weights(masked: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+    """1/p on masked positions, 0 elsewhere, over B*L: all positions, not only the masked."""
+    zero = torch.zeros((), device=masked.device)
+    return torch.where(masked, 1.0 / p[:, None], zero) / masked.numel()
 
 
 def ar_loss_from_logits(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Mean next-token cross-entropy; logits (B, L, V), targets (B, L)."""
-    return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
+    return weighted_cross_entropy(logits, targets, ar_weights(targets))
 
 
 def mdm_loss_from_logits(
@@ -39,11 +76,7 @@ def mdm_loss_from_logits(
 
     logits (B, L, V), clean tokens (B, L), masked (B, L) bool, p (B,) per-sequence mask rate.
     """
-    ce = F.cross_entropy(logits.flatten(0, 1).float(), clean.flatten(), reduction="none").view_as(
-        clean
-    )
-    weighted = torch.where(masked, ce / p[:, None], torch.zeros_like(ce))
-    return weighted.sum() / clean.numel()
+    return weighted_cross_entropy(logits, clean, mdm_weights(masked, p))
 
 
 def mask_rate(t: torch.Tensor, eps: float) -> torch.Tensor:
@@ -60,32 +93,37 @@ def apply_mask(
     return torch.where(masked, torch.full_like(clean, mask_id), clean), masked
 
 
-@dataclass(frozen=True)
-class AutoregressiveObjective:
-    name: str = "ar"
-    causal: bool = True
-
+class _WeightedLoss:
     def loss(
         self, model: nn.Module, windows: torch.Tensor, generator: torch.Generator
     ) -> torch.Tensor:
-        return ar_loss_from_logits(model(windows[:, :-1]), windows[:, 1:])
+        b = self.batch(windows, generator)
+        return model(b.inputs, targets=b.targets, loss_weights=b.weights)
 
 
 @dataclass(frozen=True)
-class MaskedDiffusionObjective:
+class AutoregressiveObjective(_WeightedLoss):
+    name: str = "ar"
+    causal: bool = True
+
+    def batch(self, windows: torch.Tensor, generator: torch.Generator) -> LossBatch:
+        targets = windows[:, 1:]
+        return LossBatch(windows[:, :-1], targets, ar_weights(targets))
+
+
+@dataclass(frozen=True)
+class MaskedDiffusionObjective(_WeightedLoss):
     mask_id: int
     eps: float = 1e-3
     name: str = "mdm"
     causal: bool = False
 
-    def loss(
-        self, model: nn.Module, windows: torch.Tensor, generator: torch.Generator
-    ) -> torch.Tensor:
+    def batch(self, windows: torch.Tensor, generator: torch.Generator) -> LossBatch:
         clean = windows[:, :-1]
         t = torch.rand(clean.shape[0], generator=generator, device=clean.device)
         p = mask_rate(t, self.eps)
         noisy, masked = apply_mask(clean, p, self.mask_id, generator)
-        return mdm_loss_from_logits(model(noisy), clean, masked, p)
+        return LossBatch(noisy, clean, mdm_weights(masked, p))
 
 
 def build_objective(cfg: TrainConfig) -> Objective:

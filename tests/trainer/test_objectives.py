@@ -9,17 +9,28 @@ from diffar.trainer.objectives import (
     ar_loss_from_logits,
     mask_rate,
     mdm_loss_from_logits,
+    weighted_cross_entropy,
 )
 
 
-class UniformModel(nn.Module):
+class LogitsModel(nn.Module):
+    """A model that only computes logits, with the loss interface the objectives call."""
+
+    def forward(self, tokens, targets=None, loss_weights=None):
+        logits = self.logits(tokens)
+        if targets is None:
+            return logits
+        return weighted_cross_entropy(logits, targets, loss_weights)
+
+
+class UniformModel(LogitsModel):
     """Predicts the uniform distribution over the first V ids (padding rows get -inf)."""
 
     def __init__(self, vocab: int, padded: int):
         super().__init__()
         self.vocab, self.padded = vocab, padded
 
-    def forward(self, tokens):
+    def logits(self, tokens):
         logits = torch.zeros(*tokens.shape, self.padded)
         logits[..., self.vocab :] = float("-inf")
         return logits
@@ -37,8 +48,8 @@ def test_ar_hand_computed():
 def test_ar_objective_shifts_targets():
     seen = {}
 
-    class Recorder(nn.Module):
-        def forward(self, tokens):
+    class Recorder(LogitsModel):
+        def logits(self, tokens):
             seen["inputs"] = tokens
             return torch.zeros(*tokens.shape, 8)
 
@@ -70,8 +81,8 @@ def test_mask_rate_bounds():
 def test_mdm_masks_with_mask_token_and_scores_clean_tokens():
     seen = {}
 
-    class Recorder(nn.Module):
-        def forward(self, tokens):
+    class Recorder(LogitsModel):
+        def logits(self, tokens):
             seen["inputs"] = tokens.clone()
             return torch.zeros(*tokens.shape, 64)
 
