@@ -22,7 +22,7 @@ row, so a timeout keeps what was measured:
    loss from its full logits (the step before that change), its column showing x(speed-up of
    ours over it); the two losses and gradients are checked against each other in bf16 in 1.;
 4. the host side: EpochSampler batch time, pageable vs pinned host-to-device copy, and 140M AR
-   steps fed through each (the trainer today copies from pageable memory).
+   steps fed a pageable copy or through the trainer's DevicePrefetcher (trainer/loader.py).
 
 `--size tiny --device cpu` runs the same code on nano/tiny shapes on a CPU, to test the script.
 """
@@ -235,10 +235,11 @@ def throughput_row(preset, objective, seq, batch, side, compiled, device, dtype,
 
 def host_side(device, preset: str, objective: str, seq: int, micro: int, steps: int) -> dict:
     """The sampler's batch time, a pageable vs a pinned host-to-device copy of it, and the
-    effect on training: `steps` eager steps each fed `next_batch()` copied either way (the
-    pageable copy makes the host wait for the GPU's queue; a pinned one does not)."""
+    effect on training: `steps` eager steps fed a pageable copy of `next_batch()` or through the
+    trainer's DevicePrefetcher (pinned, copied a step ahead on a side stream)."""
     import numpy as np
 
+    from diffar.trainer.loader import DevicePrefetcher
     from diffar.trainer.sampler import EpochSampler
 
     tokens = np.random.default_rng(0).integers(0, 50257, size=20_000_000, dtype=np.int64)
@@ -265,12 +266,15 @@ def host_side(device, preset: str, objective: str, seq: int, micro: int, steps: 
     model = Transformer(cfg, objective == "ar").to(device)
     stepper = Stepper(model, objective, cfg, device, autocast=torch.bfloat16)
     small = EpochSampler(tokens, seq, micro, seed=0)
-    modes = (False, True, False, True) if device.type == "cuda" else (False, False)
-    for pinned in modes:  # twice each, alternating (no pinning without CUDA)
+    modes = ("pageable", "prefetched") * 2  # alternating, twice each
+    for mode in modes:
+        # pageable: the trainer's feed before DevicePrefetcher; prefetched: the trainer's feed.
+        prefetcher = DevicePrefetcher(small, device) if mode == "prefetched" else None
 
-        def batch(pinned: bool = pinned) -> torch.Tensor:
-            b = small.next_batch()
-            return (b.pin_memory() if pinned else b).to(device, non_blocking=True)
+        def batch(p=prefetcher) -> torch.Tensor:
+            if p is not None:
+                return p.next_batch()
+            return small.next_batch().to(device, non_blocking=True)
 
         stepper.step(batch())
         sb.sync(device)
@@ -278,7 +282,7 @@ def host_side(device, preset: str, objective: str, seq: int, micro: int, steps: 
         for _ in range(steps):
             stepper.step(batch())
         sb.sync(device)
-        key = f"{preset}_{objective}_tokens_per_s_{'pinned' if pinned else 'pageable'}"
+        key = f"{preset}_{objective}_tokens_per_s_{mode}"
         out.setdefault(key, []).append(micro * seq * steps / (time.perf_counter() - t))
     return out
 
@@ -342,7 +346,9 @@ def main(argv: list[str] | None = None) -> int:
     compiles = [False] if args.no_compile else [False, True]
 
     def host_section() -> None:
-        log("== 4. host side: sampler batch, host-to-device copy, pageable vs pinned in the loop")
+        log(
+            "== 4. host side: sampler batch, host-to-device copy, pageable vs prefetched in the loop"
+        )
         preset, objective, seq, micro = SIZES[args.size][0]
         if time.perf_counter() - start < args.budget_s:
             report["host"] = host_side(

@@ -13,6 +13,7 @@ from diffar.trainer.config import TrainConfig
 from diffar.trainer.distributed import DistEnv, init_distributed
 from diffar.trainer.engine import build_engine
 from diffar.trainer.export import EXPORT_NAME, save_export
+from diffar.trainer.loader import DevicePrefetcher
 from diffar.trainer.metrics import ConsoleProgress, LossLog, StepReport, TrainMetrics, peak_flops
 from diffar.trainer.model import Transformer
 from diffar.trainer.objectives import build_objective
@@ -98,6 +99,7 @@ def train(cfg: TrainConfig) -> RunPlan:
         )
 
     val_windows = load_validation_windows(cfg)
+    batches = DevicePrefetcher(sampler, env.device)  # runs the sampler one batch ahead
     micro = cfg.micro_batch_for(env.world_size)
     tokens_per_step = plan.tokens_per_step
     peak = peak_flops(env.device) * env.world_size
@@ -106,7 +108,7 @@ def train(cfg: TrainConfig) -> RunPlan:
     gen = torch.Generator(device=env.device)
 
     while step < plan.total_steps:
-        batch = sampler.next_batch().to(env.device, non_blocking=True)
+        batch = batches.next_batch()
         lr = engine.get_lr()[0]
         step_loss = torch.zeros((), device=env.device)
         for i, mb in enumerate(batch.split(micro)):
@@ -138,7 +140,7 @@ def train(cfg: TrainConfig) -> RunPlan:
                 report = StepReport(
                     step=step,
                     total_steps=plan.total_steps,
-                    epoch=sampler.epoch,
+                    epoch=batches.epoch,
                     loss=float(losses[-1]),
                     lr=pending[-1][2],
                     # DeepSpeed keeps the norm only with ZeRO or mixed precision (not stage-0 fp32).
@@ -175,15 +177,15 @@ def train(cfg: TrainConfig) -> RunPlan:
             if env.is_main:
                 val = float(total[0] / total[1])
                 metrics.val_loss.set(val)
-                loss_log.write([{"step": step, "epoch": sampler.epoch, "val_loss": val}])
+                loss_log.write([{"step": step, "epoch": batches.epoch, "val_loss": val}])
                 progress.message(
-                    f"step {step} epoch {sampler.epoch:.2f}: validation loss {val:.4f}"
+                    f"step {step} epoch {batches.epoch:.2f}: validation loss {val:.4f}"
                 )
             window_start = time.perf_counter()  # validation time is not training throughput
 
         if ckpt_dir and (step % cfg.checkpoint.interval == 0 or last):
             position = checkpoint.RunPosition(
-                step, tokens_seen, sampler.state_dict(), checkpoint.fingerprint(cfg)
+                step, tokens_seen, batches.state_dict(), checkpoint.fingerprint(cfg)
             )
             tag = checkpoint.save(engine, ckpt_dir, position, cfg.checkpoint.keep, env.is_main)
             checkpoint.push(place, tag, cfg.checkpoint.keep, env.local_rank, env.is_main, _barrier)
@@ -192,7 +194,7 @@ def train(cfg: TrainConfig) -> RunPlan:
                 progress.message(f"checkpoint {tag} saved to {place.uri}")
 
     if place:
-        _export(engine, cfg, ckpt_dir / EXPORT_NAME, step, tokens_seen, sampler.epoch, env)
+        _export(engine, cfg, ckpt_dir / EXPORT_NAME, step, tokens_seen, batches.epoch, env)
         if env.is_main:
             checkpoint.push_file(place, EXPORT_NAME)
     if env.is_main:
