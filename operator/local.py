@@ -22,6 +22,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -194,6 +195,9 @@ def _rfc3339(t: datetime) -> str:
 # ------------------------------------------------------------------------------ running
 
 
+_OUTPUT_LOCK = threading.Lock()
+
+
 class _Display:
     """One rewritten line on a terminal; a plain line at most every 15 s otherwise."""
 
@@ -209,17 +213,21 @@ class _Display:
         eta = f" eta {p.eta[11:19]}Z" if p.eta else ""
         text = f"{self.name}: {phase} step {p.summary} epoch {p.epoch:.2f}{loss}{eta}"
         if self.tty:
-            self.stream.write("\r\033[K" + text)
-            self.stream.flush()
+            self._write("\r\033[K" + text)
         elif text != self.last_printed and time.monotonic() - self.last_plain >= 15:
-            print(text, file=self.stream, flush=True)
+            self._write(text + "\n")
             self.last_plain, self.last_printed = time.monotonic(), text
         self.last_text = text
 
     def line(self, text: str) -> None:
-        if self.tty and self.last_text:
-            self.stream.write("\r\033[K")
-        print(f"{self.name}: {text}", file=self.stream, flush=True)
+        clear = "\r\033[K" if self.tty and self.last_text else ""
+        self._write(f"{clear}{self.name}: {text}\n")
+
+    def _write(self, text: str) -> None:
+        # Side-by-side runs print from several threads: one write per line, so lines never mix.
+        with _OUTPUT_LOCK:
+            self.stream.write(text)
+            self.stream.flush()
 
 
 def _component_file() -> str:
@@ -351,7 +359,6 @@ def run_side_by_side(runs: list[LocalRun], workers: int = 2) -> list[RunStatus]:
     """Run several local runs, `workers` at a time, one CPU thread each; statuses in order.
     They share the terminal, so progress comes as plain lines. The first failure stops new
     runs from starting and is raised once the running ones end."""
-    import threading
 
     statuses: list[RunStatus | None] = [None] * len(runs)
     pending = list(enumerate(runs))

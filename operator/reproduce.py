@@ -108,7 +108,8 @@ def reproduce(repo: Path, root: Path, report: Path, log=print) -> int:
     }
     runs = grid()
     resolved = [resolve(manifest_for(r, templates), root, processes=1) for r in runs]
-    run_side_by_side(resolved, workers=2)
+    statuses = run_side_by_side(resolved, workers=2)
+    reused = sum(s.reason == "AlreadyComplete" for s in statuses)
 
     points = []
     for run, local in zip(runs, resolved, strict=True):
@@ -138,7 +139,7 @@ def reproduce(repo: Path, root: Path, report: Path, log=print) -> int:
     analysis = "(to be written after the run)\n"
     if report.is_file() and ANALYSIS_HEADING in report.read_text():
         analysis = report.read_text().split(ANALYSIS_HEADING, 1)[1].lstrip("\n")
-    text = render_report(runs, points, fit, report.parent, time.monotonic() - started)
+    text = render_report(runs, points, fit, report.parent, time.monotonic() - started, reused)
     report.write_text(text + "\n" + ANALYSIS_HEADING + "\n\n" + analysis)
     log(f"reproduction: {len(points)} points from {len(runs)} runs; report {report}")
     return 0
@@ -155,11 +156,22 @@ def _params_of(points: list[dict], run: GridRun) -> int:
     return sizes[list(MODELS).index(run.model)]
 
 
-def render_report(runs, points, fit, docs: Path, seconds: float) -> str:
+def _minutes(seconds: float) -> str:
+    n = round(seconds / 60)
+    return f"{n} minute" if n == 1 else f"{n} minutes"
+
+
+def render_report(runs, points, fit, docs: Path, seconds: float, reused: int = 0) -> str:
+    took = f"the grid took {_minutes(seconds)}."
+    if reused:  # an earlier invocation trained those runs: this one's time is not the grid's
+        took = (
+            f"this invocation took {_minutes(seconds)}, reusing {reused} of {len(runs)} "
+            "runs already complete (delete runs/repro-* to time the whole grid)."
+        )
     lines = [
         "# Reproduction on CPU (`make reproduce`)",
         "",
-        f"Measured on this project's 2-core machine; the grid took {seconds / 60:.0f} minutes.",
+        f"Measured on this project's 2-core machine; {took}",
         "Both objectives, models of two sizes (h64 x 2 layers, h128 x 4 layers; L = 128; the",
         "quickstart's 2048-id BPE on Shakespeare), U = 10k and 25k unique tokens, 100 epochs each,",
         "validation every 4 epochs. Each validation point is one row for the fit, with the best",

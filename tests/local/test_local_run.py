@@ -174,3 +174,42 @@ def test_relative_paths_are_refused_for_the_cluster(workdir):
 
 def _env_without_tty():
     return {k: v for k, v in os.environ.items() if k != "TERM"}
+
+
+def test_side_by_side_progress_lines_never_mix():
+    # Two runs print from two threads; a line written in pieces (as print does: text, then
+    # newline) could be cut by the other thread's line.
+    import threading
+    import time as _time
+
+    from diffar.operator.local import _Display
+
+    class SlowStream:
+        def __init__(self):
+            self.parts = []
+
+        def write(self, s):
+            self.parts.append(s)
+            _time.sleep(0.0005)  # yield to the other thread between writes
+
+        def flush(self):
+            pass
+
+        def isatty(self):
+            return False
+
+    stream = SlowStream()
+
+    def talk(name):
+        d = _Display(name, stream)
+        for i in range(50):
+            d.line(f"message {i}")
+
+    threads = [threading.Thread(target=talk, args=(n,)) for n in ("run-a", "run-b")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    lines = "".join(stream.parts).splitlines()
+    assert len(lines) == 100
+    assert all(line.startswith(("run-a: message ", "run-b: message ")) for line in lines)
