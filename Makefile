@@ -77,7 +77,7 @@ images:
 quickstart: $(STAMP)
 	$(BIN)/diffar quickstart
 
-# The small CPU reproduction grid (22 minutes here; not part of make test).
+# The small CPU reproduction grid (11 minutes here; not part of make test).
 reproduce: $(STAMP)
 	$(BIN)/diffar reproduce
 
