@@ -34,30 +34,38 @@ def _matmul_dtype(h: torch.Tensor, weight: torch.Tensor) -> torch.dtype:
     return weight.dtype
 
 
+def _chunked(h, weight, targets, row_weights, chunk: int, mm_dtype, grads: bool):
+    """The weighted loss and, with `grads`, the gradients for h and weight (else None)."""
+    w_mm = weight.detach().to(mm_dtype)
+    total = torch.zeros((), dtype=torch.float32, device=h.device)
+    grad_h = torch.empty_like(h) if grads else None
+    grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if grads else None
+    with torch.autocast(h.device.type, enabled=False):
+        for i in range(0, h.shape[0], chunk):
+            hc = h[i : i + chunk].detach().to(mm_dtype)
+            yc, wc = targets[i : i + chunk, None], row_weights[i : i + chunk, None]
+            logits = (hc @ w_mm.t()).float()
+            lse = torch.logsumexp(logits, dim=-1, keepdim=True)
+            total += ((lse - logits.gather(1, yc)) * wc).sum()
+            if not grads:
+                continue
+            probs = logits.sub_(lse).exp_()  # softmax, in place of the logits
+            probs.scatter_add_(1, yc, -torch.ones_like(lse))
+            g = probs.mul_(wc).to(mm_dtype)
+            grad_h[i : i + chunk] = g @ w_mm
+            if mm_dtype == torch.float32:
+                grad_w.addmm_(g.t(), hc)
+            else:  # a low-precision product, accumulated in fp32
+                grad_w.add_(g.t() @ hc)
+    return total, grad_h, grad_w
+
+
 class _LinearCrossEntropy(torch.autograd.Function):
     """Forward computes the loss and both gradients; backward only scales them by grad_out."""
 
     @staticmethod
     def forward(ctx, h, weight, targets, row_weights, chunk: int, mm_dtype):
-        w_mm = weight.detach().to(mm_dtype)
-        grad_h = torch.empty_like(h)
-        grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
-        total = torch.zeros((), dtype=torch.float32, device=h.device)
-        with torch.autocast(h.device.type, enabled=False):
-            for i in range(0, h.shape[0], chunk):
-                hc = h[i : i + chunk].to(mm_dtype)
-                yc, wc = targets[i : i + chunk, None], row_weights[i : i + chunk, None]
-                logits = (hc @ w_mm.t()).float()
-                lse = torch.logsumexp(logits, dim=-1, keepdim=True)
-                total += ((lse - logits.gather(1, yc)) * wc).sum()
-                probs = logits.sub_(lse).exp_()  # softmax, in place of the logits
-                probs.scatter_add_(1, yc, -torch.ones_like(lse))
-                g = probs.mul_(wc).to(mm_dtype)
-                grad_h[i : i + chunk] = g @ w_mm
-                if mm_dtype == torch.float32:
-                    grad_w.addmm_(g.t(), hc)
-                else:  # a low-precision product, accumulated in fp32
-                    grad_w.add_(g.t() @ hc)
+        total, grad_h, grad_w = _chunked(h, weight, targets, row_weights, chunk, mm_dtype, True)
         ctx.save_for_backward(grad_h, grad_w.to(weight.dtype))
         return total
 
@@ -65,19 +73,6 @@ class _LinearCrossEntropy(torch.autograd.Function):
     def backward(ctx, grad_out):
         grad_h, grad_w = ctx.saved_tensors
         return grad_h * grad_out, grad_w * grad_out, None, None, None, None
-
-
-@torch.no_grad()
-def _loss_only(h, weight, targets, row_weights, chunk: int, mm_dtype) -> torch.Tensor:
-    w_mm = weight.to(mm_dtype)
-    total = torch.zeros((), dtype=torch.float32, device=h.device)
-    with torch.autocast(h.device.type, enabled=False):
-        for i in range(0, h.shape[0], chunk):
-            logits = (h[i : i + chunk].to(mm_dtype) @ w_mm.t()).float()
-            yc = targets[i : i + chunk, None]
-            ce = torch.logsumexp(logits, dim=-1, keepdim=True) - logits.gather(1, yc)
-            total += (ce * row_weights[i : i + chunk, None]).sum()
-    return total
 
 
 def linear_cross_entropy(
@@ -95,4 +90,5 @@ def linear_cross_entropy(
     mm_dtype = _matmul_dtype(h, weight)
     if torch.is_grad_enabled() and (h.requires_grad or weight.requires_grad):
         return _LinearCrossEntropy.apply(h, weight, targets, row_weights, chunk, mm_dtype)
-    return _loss_only(h, weight, targets, row_weights, chunk, mm_dtype)
+    with torch.no_grad():
+        return _chunked(h, weight, targets, row_weights, chunk, mm_dtype, grads=False)[0]
