@@ -40,7 +40,7 @@ sys.path.insert(0, str(HERE))
 import stepbench as common  # noqa: E402
 import torch  # noqa: E402
 from benchio import stamp, write_report  # noqa: E402
-from stepbench import ModelConfig, Stepper, Transformer, UnfusedLoss  # noqa: E402
+from stepbench import LossFromLogits, ModelConfig, Stepper, Transformer  # noqa: E402
 
 SIDES = ("engine", "model", "unfused", "reference")  # plus "compiled" with --compile
 
@@ -115,7 +115,7 @@ def run(args) -> dict:
                 copy.deepcopy(ours), objective, cfg, args.batch, args.zero_stage
             ),
             "model": Stepper(ours, objective, cfg, device),
-            "unfused": Stepper(UnfusedLoss(copy.deepcopy(ours)), objective, cfg, device),
+            "unfused": Stepper(LossFromLogits(copy.deepcopy(ours)), objective, cfg, device),
             "reference": Stepper(ref, objective, cfg, device),
         }
         if args.compile:

@@ -45,7 +45,7 @@ sys.path.insert(0, str(HERE))
 
 import stepbench as sb  # noqa: E402
 import torch  # noqa: E402
-from stepbench import ModelConfig, Stepper, Transformer, UnfusedLoss  # noqa: E402
+from stepbench import LossFromLogits, ModelConfig, Stepper, Transformer  # noqa: E402
 
 H100_DATASHEET = 989e12
 SIZES = {
@@ -139,7 +139,7 @@ def check_correctness(device, size: str) -> dict:
                 s = Stepper(model, objective, cfg, device, autocast=torch.bfloat16)
                 g = torch.Generator(device=device).manual_seed(5)
                 with torch.autocast(device.type, dtype=torch.bfloat16):
-                    loss = s.obj.loss(model if fused else UnfusedLoss(model), windows, g)
+                    loss = s.obj.loss(model if fused else LossFromLogits(model), windows, g)
                 loss.backward()
                 grads = torch.cat([p.grad.flatten().double() for p in model.parameters()])
                 pair.append((float(loss.detach()), grads))
@@ -211,7 +211,7 @@ def throughput_row(preset, objective, seq, batch, side, compiled, device, dtype,
     else:
         model = Transformer(cfg, causal).to(device)
         if side == "ours-unfused":
-            model = UnfusedLoss(model)
+            model = LossFromLogits(model)
     if compiled:
         model = torch.compile(model)
     stepper = Stepper(model, objective, cfg, device, autocast=dtype)

@@ -51,8 +51,8 @@ from diffar.trainer.engine import param_groups  # noqa: E402
 from diffar.trainer.model import Transformer  # noqa: E402
 from diffar.trainer.objectives import (  # noqa: E402
     AutoregressiveObjective,
+    LossFromLogits,
     MaskedDiffusionObjective,
-    weighted_cross_entropy,
 )
 from diffar.trainer.sizing import count_parameters, flops_per_token  # noqa: E402
 
@@ -104,50 +104,24 @@ def build_reference(cfg: ModelConfig, causal: bool, attn: str = "sdpa") -> nn.Mo
     model = LlamaForCausalLM(hf_cfg)
     for layer in model.model.layers:
         layer.self_attn.is_causal = causal
-    return _LogitsOnly(model)
+    return LossFromLogits(_LogitsOnly(model))
 
 
-class LossFromLogits(nn.Module):
-    """A model that returns logits, behind the loss interface the objectives call
-    (`model(tokens, targets, loss_weights)`): the loss is taken from the full B x L x V logits, as
-    a training loop without a fused loss computes it."""
-
-    def logits(self, tokens: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
-
-    def forward(self, tokens, targets=None, loss_weights=None) -> torch.Tensor:
-        logits = self.logits(tokens)
-        if targets is None:
-            return logits
-        return weighted_cross_entropy(logits, targets, loss_weights)
-
-
-class _LogitsOnly(LossFromLogits):
+class _LogitsOnly(nn.Module):
     """Calls the HF model the way a training loop does and takes its logits tensor."""
 
     def __init__(self, hf: nn.Module):
         super().__init__()
         self.hf = hf
 
-    def logits(self, tokens: torch.Tensor) -> torch.Tensor:
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         return self.hf(input_ids=tokens, use_cache=False).logits
-
-
-class UnfusedLoss(LossFromLogits):
-    """Our Transformer with the loss from its full logits: the step before the fused loss."""
-
-    def __init__(self, model: Transformer):
-        super().__init__()
-        self.model = model
-
-    def logits(self, tokens: torch.Tensor) -> torch.Tensor:
-        return self.model(tokens)
 
 
 @torch.no_grad()
 def copy_weights(ours: Transformer, ref: nn.Module) -> None:
     """Load our weights into the reference (fused qkv and gate_up split into HF's projections)."""
-    hf = ref.hf.model
+    hf = ref.model.hf.model
     d, f = ours.cfg.dim, ours.cfg.ffn_dim
     hf.embed_tokens.weight.copy_(ours.embed.weight)
     hf.norm.weight.copy_(ours.norm.weight)
@@ -164,7 +138,7 @@ def copy_weights(ours: Transformer, ref: nn.Module) -> None:
         layer.input_layernorm.weight.copy_(blk.attn_norm.weight)
         layer.post_attention_layernorm.weight.copy_(blk.ffn_norm.weight)
     # Tied: the output projection is the embedding (checked, not assumed).
-    assert ref.hf.lm_head.weight.data_ptr() == hf.embed_tokens.weight.data_ptr()
+    assert ref.model.hf.lm_head.weight.data_ptr() == hf.embed_tokens.weight.data_ptr()
 
 
 @torch.no_grad()
@@ -195,10 +169,11 @@ def objective_for(cfg: ModelConfig, name: str):
 class Stepper:
     """forward + backward + clip + AdamW step of one model on one objective.
 
-    `model` is ours (the fused loss), `UnfusedLoss(ours)` or the reference (loss from full logits);
-    the inputs, targets and weights are diffar's own objective's (`objective.loss(model, windows,
-    generator)`), so every side pays for the same masking and computes the same loss. `autocast`
-    wraps the forward in bf16 autocast (fp32 master weights, as DeepSpeed's bf16 mode keeps them).
+    `model` is ours (the fused loss), `LossFromLogits(ours)` or the reference (loss from full
+    logits); the inputs, targets and weights are diffar's own objective's (`objective.loss(model,
+    windows, generator)`), so every side pays for the same masking and computes the same loss.
+    `autocast` wraps the forward in bf16 autocast (fp32 master weights, as DeepSpeed's bf16 mode
+    keeps them).
     """
 
     def __init__(

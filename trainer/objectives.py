@@ -8,8 +8,8 @@ every position 1/(B*L); MDM weighs a masked position 1/(p*B*L) and an unmasked o
 paper's loss). An objective turns windows into (inputs, targets, weights), a `LossBatch`, and the
 model computes the weighted loss itself (`Transformer.forward(tokens, targets, loss_weights)`), so
 the training step never holds the B*L*V logits. `weighted_cross_entropy` is the same loss from
-logits, for models that only return logits (the evaluator's estimators, the benchmark's
-reference) and for tests.
+logits, for models that only return logits (the evaluator's estimators; `LossFromLogits` wraps
+such a model for the objectives, as the benchmark's reference and the tests use it).
 """
 
 from __future__ import annotations
@@ -52,6 +52,21 @@ def weighted_cross_entropy(
     """sum(weights * CE); logits (..., V), targets and weights (...)."""
     ce = F.cross_entropy(logits.flatten(0, -2).float(), targets.flatten(), reduction="none")
     return (ce * weights.flatten()).sum()
+
+
+class LossFromLogits(nn.Module):
+    """A model that only returns logits, behind the loss interface the objectives call
+    (`model(tokens, targets, loss_weights)`): the loss is taken from its full logits."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, tokens, targets=None, loss_weights=None) -> torch.Tensor:
+        logits = self.model(tokens)
+        if targets is None:
+            return logits
+        return weighted_cross_entropy(logits, targets, loss_weights)
 
 
 def ar_weights(targets: torch.Tensor) -> torch.Tensor:

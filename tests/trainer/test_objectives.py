@@ -5,32 +5,22 @@ from torch import nn
 
 from diffar.trainer.objectives import (
     AutoregressiveObjective,
+    LossFromLogits,
     MaskedDiffusionObjective,
     ar_loss_from_logits,
     mask_rate,
     mdm_loss_from_logits,
-    weighted_cross_entropy,
 )
 
 
-class LogitsModel(nn.Module):
-    """A model that only computes logits, with the loss interface the objectives call."""
-
-    def forward(self, tokens, targets=None, loss_weights=None):
-        logits = self.logits(tokens)
-        if targets is None:
-            return logits
-        return weighted_cross_entropy(logits, targets, loss_weights)
-
-
-class UniformModel(LogitsModel):
+class UniformModel(nn.Module):
     """Predicts the uniform distribution over the first V ids (padding rows get -inf)."""
 
     def __init__(self, vocab: int, padded: int):
         super().__init__()
         self.vocab, self.padded = vocab, padded
 
-    def logits(self, tokens):
+    def forward(self, tokens):
         logits = torch.zeros(*tokens.shape, self.padded)
         logits[..., self.vocab :] = float("-inf")
         return logits
@@ -48,13 +38,13 @@ def test_ar_hand_computed():
 def test_ar_objective_shifts_targets():
     seen = {}
 
-    class Recorder(LogitsModel):
-        def logits(self, tokens):
+    class Recorder(nn.Module):
+        def forward(self, tokens):
             seen["inputs"] = tokens
             return torch.zeros(*tokens.shape, 8)
 
     windows = torch.tensor([[1, 2, 3, 4]])
-    loss = AutoregressiveObjective().loss(Recorder(), windows, torch.Generator())
+    loss = AutoregressiveObjective().loss(LossFromLogits(Recorder()), windows, torch.Generator())
     assert seen["inputs"].tolist() == [[1, 2, 3]]
     assert math.isclose(loss.item(), math.log(8), rel_tol=1e-6)
 
@@ -81,13 +71,15 @@ def test_mask_rate_bounds():
 def test_mdm_masks_with_mask_token_and_scores_clean_tokens():
     seen = {}
 
-    class Recorder(LogitsModel):
-        def logits(self, tokens):
+    class Recorder(nn.Module):
+        def forward(self, tokens):
             seen["inputs"] = tokens.clone()
             return torch.zeros(*tokens.shape, 64)
 
     windows = torch.randint(0, 50, (64, 17))
-    MaskedDiffusionObjective(mask_id=50).loss(Recorder(), windows, torch.Generator().manual_seed(0))
+    MaskedDiffusionObjective(mask_id=50).loss(
+        LossFromLogits(Recorder()), windows, torch.Generator().manual_seed(0)
+    )
     inputs = seen["inputs"]
     assert inputs.shape == (64, 16)
     kept = inputs != 50
@@ -98,7 +90,7 @@ def test_mdm_masks_with_mask_token_and_scores_clean_tokens():
 def test_uniform_model_has_expected_loss_log_v():
     # E[sum over masked of log V / p] / L = log V, since E[#masked] = pL for every t.
     vocab, padded = 100, 128
-    model = UniformModel(vocab, padded)
+    model = LossFromLogits(UniformModel(vocab, padded))
     gen = torch.Generator().manual_seed(1234)
     windows = torch.randint(0, vocab, (20000, 65), generator=gen)
     mdm = MaskedDiffusionObjective(mask_id=vocab).loss(model, windows, gen).item()
