@@ -28,7 +28,7 @@ class DevicePrefetcher:
     def __init__(self, sampler: EpochSampler, device: torch.device):
         self.sampler, self.device = sampler, device
         self._stream = torch.cuda.Stream(device) if device.type == "cuda" else None
-        self._position, self._epoch = sampler.state_dict(), sampler.epoch
+        self._position = sampler.state_dict()
         self._ahead = self._fetch()
 
     def _fetch(self) -> _Ahead:
@@ -45,7 +45,7 @@ class DevicePrefetcher:
     def next_batch(self) -> torch.Tensor:
         """This rank's slice of the next global batch, on the device."""
         current = self._ahead
-        self._position, self._epoch = self.sampler.state_dict(), self.sampler.epoch
+        self._position = self.sampler.state_dict()
         self._ahead = self._fetch()
         if current.ready is not None:
             stream = torch.cuda.current_stream(self.device)
@@ -57,7 +57,7 @@ class DevicePrefetcher:
     @property
     def epoch(self) -> float:
         """Epochs consumed by the batches handed out so far."""
-        return self._epoch
+        return self._position["consumed"] / self.sampler.n
 
     def state_dict(self) -> dict:
         """The sampler's state just after the last batch handed out: what a resume replays from."""
