@@ -325,6 +325,7 @@ def prepare(
     chars = 0
     tokenized = 0
     split = "train"  # then "val" from the next whole document on, then "done"
+    next_split = {"train": "val" if val_tokens > 0 else "done", "val": "done"}
     train_last_doc_index = -1
     total_docs = 0
     counting = _CharCounter(iter_documents(inputs, text_unit))
@@ -333,23 +334,16 @@ def prepare(
         for batch in iter_token_batches(counting, num_threads=num_threads, encoder=encoder):
             for ids in batch:
                 tokenized += len(ids)
-                if split == "train":
-                    need = want["train"] - buffers["train"].total - buffers["train"].fill
-                    take = ids[:need]
-                    buffers["train"].add(take)
-                    docs["train"] += 1
-                    bar.update(len(take))
-                    if len(take) == need:
+                buf = buffers[split]
+                need = want[split] - buf.total - buf.fill
+                take = ids[:need]
+                buf.add(take)
+                docs[split] += 1
+                bar.update(len(take))
+                if len(take) == need:  # this split is full: the next document starts the next
+                    if split == "train":
                         train_last_doc_index = total_docs
-                        split = "val" if val_tokens > 0 else "done"
-                elif split == "val":
-                    need = want["val"] - buffers["val"].total - buffers["val"].fill
-                    take = ids[:need]
-                    buffers["val"].add(take)
-                    docs["val"] += 1
-                    bar.update(len(take))
-                    if len(take) == need:
-                        split = "done"
+                    split = next_split[split]
                 total_docs += 1
                 if split == "done":
                     break
