@@ -14,7 +14,7 @@ help:
 	@echo "make test-fast   unit tests only (no multi-process training, no servers)"
 	@echo "make lint        ruff, hadolint, helm lint, promtool over dashboards and alerts"
 	@echo "make bench       benchmarks under bench/ (never part of make test)"
-	@echo "make reproduce   the CPU reproduction grid, fitted, into docs/reproduction.md (~25 min)"
+	@echo "make reproduce   the CPU reproduction grid, fitted, into docs/reproduction.md (~11 min)"
 	@echo "make manifests   regenerate the CRDs in crds/ and the Helm chart from the models"
 	@echo "make images      build the operator, trainer and evaluator images (needs Docker)"
 

