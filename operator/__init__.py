@@ -1,1 +1,1 @@
-"""diffar.operator: the run API, manifest builders, kopf handlers and the local runner."""
+"""diffar.operator: the run API, manifest builders and kopf handlers; `local` runs them on one machine."""

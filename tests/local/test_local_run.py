@@ -182,7 +182,7 @@ def test_side_by_side_progress_lines_never_mix():
     import threading
     import time as _time
 
-    from diffar.operator.local import _Display
+    from diffar.operator.local.runner import _Display
 
     class SlowStream:
         def __init__(self):

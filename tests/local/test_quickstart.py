@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from diffar.operator.quickstart import comparison_table
+from diffar.operator.local.quickstart import comparison_table
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]

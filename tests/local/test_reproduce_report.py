@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from diffar.operator.reproduce import grid, render_report
+from diffar.operator.local.reproduce import grid, render_report
 
 PARAMS = {"h64": 217_408, "h128": 1_025_152}
 

@@ -52,7 +52,7 @@ def default_plan(
 
 
 def prepare_data(plan: QuickstartPlan, log=print) -> None:
-    from diffar.operator.corpus import fetch_corpus
+    from diffar.operator.local.corpus import fetch_corpus
     from diffar.trainer.bpe import BPETokenizer, train_bpe
     from diffar.trainer.prepare import iter_documents, prepare
     from diffar.trainer.shards import MANIFEST
@@ -95,7 +95,7 @@ def prepare_data(plan: QuickstartPlan, log=print) -> None:
 def _load_run(path: Path, root: Path):
     import yaml
 
-    from diffar.operator.local import resolve
+    from diffar.operator.local.runner import resolve
 
     try:
         manifest = yaml.safe_load(path.read_text())
@@ -106,7 +106,7 @@ def _load_run(path: Path, root: Path):
 
 def train_and_evaluate(plan: QuickstartPlan, log=print) -> dict:
     """Both runs side by side (one core each); returns {objective: (LocalRun, RunStatus)}."""
-    from diffar.operator.local import run_side_by_side
+    from diffar.operator.local.runner import run_side_by_side
 
     runs = [_load_run(p, plan.root) for p in plan.examples]
     statuses = run_side_by_side(runs, workers=len(runs))

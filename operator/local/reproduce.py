@@ -95,8 +95,8 @@ def points_of(run: GridRun, log_file: Path, params: int) -> list[dict]:
 
 
 def reproduce(repo: Path, root: Path, report: Path, log=print) -> int:
-    from diffar.operator.local import resolve, run_side_by_side
-    from diffar.operator.quickstart import default_plan, prepare_data
+    from diffar.operator.local.runner import resolve, run_side_by_side
+    from diffar.operator.local.quickstart import default_plan, prepare_data
     from diffar.trainer.sizing import count_parameters
 
     started = time.monotonic()
@@ -176,7 +176,7 @@ def render_report(runs, points, fit, docs: Path, seconds: float, reused: int = 0
         "quickstart's 2048-id BPE on Shakespeare), U = 10k and 25k unique tokens, 100 epochs each,",
         "validation every 4 epochs. Each validation point is one row for the fit, with the best",
         "loss up to that epoch (early stopping: the law cannot describe a loss that rises). See",
-        "`operator/reproduce.py` for the caveat: mid-schedule points overstate the loss of a run",
+        "`operator/local/reproduce.py` for the caveat: mid-schedule points overstate the loss of a run",
         "planned for exactly that many epochs.",
         "",
         "| run | params | best val loss (epoch) | final val loss (epoch 100) |",

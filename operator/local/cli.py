@@ -67,7 +67,7 @@ def _run(args: argparse.Namespace) -> int:
             "diffar run needs --local; on a cluster use `kubectl apply -f " + args.manifest + "`"
         )
     from diffar.operator.commands import load_manifest
-    from diffar.operator.local import format_status, resolve, run_local
+    from diffar.operator.local.runner import format_status, resolve, run_local
 
     run = resolve(load_manifest(args.manifest), Path(args.root), processes=args.processes)
     status = run_local(run, threads=args.threads)
@@ -76,7 +76,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _quickstart(args: argparse.Namespace) -> int:
-    from diffar.operator.quickstart import default_plan, quickstart
+    from diffar.operator.local.quickstart import default_plan, quickstart
 
     examples = Path(args.examples)
     for name in ("ar.yaml", "diffusion.yaml"):
@@ -91,6 +91,6 @@ def _quickstart(args: argparse.Namespace) -> int:
 
 
 def _reproduce(args: argparse.Namespace) -> int:
-    from diffar.operator.reproduce import main
+    from diffar.operator.local.reproduce import main
 
     return main(Path("."), Path(args.root), Path(args.report))
