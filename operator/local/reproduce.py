@@ -95,8 +95,8 @@ def points_of(run: GridRun, log_file: Path, params: int) -> list[dict]:
 
 
 def reproduce(repo: Path, root: Path, report: Path, log=print) -> int:
-    from diffar.operator.local.runner import resolve, run_side_by_side
     from diffar.operator.local.quickstart import default_plan, prepare_data
+    from diffar.operator.local.runner import resolve, run_side_by_side
     from diffar.trainer.sizing import count_parameters
 
     started = time.monotonic()
