@@ -66,11 +66,18 @@ def _convert(node: dict[str, Any], defs: dict[str, Any], path: str) -> dict[str,
             node = _merge(inner, {k: v for k, v in node.items() if k != "default" or v is not None})
         elif types == ["integer", "string"]:
             string = next(o for o in options if o.get("type") == "string")
+            integer = next(o for o in options if o.get("type") == "integer")
             node.pop("type", None)
             node["x-kubernetes-int-or-string"] = True
             node["anyOf"] = [{"type": "integer"}, {"type": "string"}]
-            if "pattern" in string:
-                node["pattern"] = string["pattern"]
+            # JSON Schema applies each keyword to its own type only: the pattern and length to
+            # strings, the bounds to integers.
+            for key in ("pattern", "maxLength"):
+                if key in string:
+                    node[key] = string[key]
+            for key in ("minimum", "maximum"):
+                if key in integer:
+                    node[key] = integer[key]
         else:
             raise SchemaError(f"{path}: unions other than Optional and int|str: {options}")
     if node.get("default", 1) is None or node.get("default", 1) is NoDefault:
@@ -81,6 +88,19 @@ def _convert(node: dict[str, Any], defs: dict[str, Any], path: str) -> dict[str,
         if bound in node and not isinstance(node[bound], bool):
             node[plain] = node[bound]
             node[bound] = True
+    if "patternProperties" in node:
+        # A map with constrained keys: structural schemas have no patternProperties or
+        # propertyNames, so the values' schema becomes additionalProperties and the keys' pattern
+        # a CEL rule.
+        ((key_pattern, value_schema),) = node.pop("patternProperties").items()
+        max_key = (node.pop("propertyNames", None) or {}).get("maxLength", 253)
+        node["additionalProperties"] = value_schema
+        cel_pattern = key_pattern.replace("\\", "\\\\")  # a CEL string literal's escapes
+        rule = {
+            "rule": f"self.all(k, k.size() <= {max_key} && k.matches('{cel_pattern}'))",
+            "message": f"keys must match {key_pattern} (at most {max_key} characters)",
+        }
+        node = _merge(node, {"x-kubernetes-validations": [rule]})
     if "enum" in node and "type" not in node:
         node["type"] = "string"
     if node.get("x-kubernetes-preserve-unknown-fields") and "type" not in node:

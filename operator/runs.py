@@ -290,9 +290,30 @@ def validate(run: Run, *, local: bool = False) -> list[str]:
             ("spec.data.valUri", s.data.valUri),
             ("spec.checkpoint.uri", s.checkpoint.uri),
         ):
-            if uri and not uri.startswith(("s3://", "file:///")):
+            if uri and not uri.startswith("s3://"):
+                what = "a file:// URI" if uri.startswith("file:") else "a relative path"
                 problems.append(
-                    f"{where} {uri!r} is a relative path, which only `diffar run --local` reads; "
-                    "on a cluster use s3:// or file:/// (a mounted volume)"
+                    f"{where} {uri!r} is {what}, which only `diffar run --local` reads (no "
+                    "volume is mounted into the run's pods); on a cluster use s3://"
                 )
+    return problems
+
+
+# The spec fields an update may not change (the CRD's transition rules, mirrored for offline
+# checks: `self == oldSelf` on these objects, and checkpoint.uri's presence and value).
+IMMUTABLE = ("model", "data", "training", "diffusion")
+
+
+def transition_problems(old: RunSpec, new: RunSpec) -> list[str]:
+    """What the API server refuses in an update from `old` to `new` (both parsed specs)."""
+    problems = [
+        f"spec.{name} is immutable: it defines the experiment; create a new run"
+        for name in IMMUTABLE
+        if getattr(old, name, None) != getattr(new, name, None)
+    ]
+    if old.checkpoint.uri != new.checkpoint.uri:
+        problems.append(
+            "spec.checkpoint.uri is immutable (it cannot be changed, removed or added): it "
+            "holds the run's checkpoints; create a new run"
+        )
     return problems
