@@ -44,15 +44,16 @@ DNS1123_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-
 # (crdgen) and are enforced by these models with strict types (no "5" -> 5, no "true" -> True),
 # so `diffar render` and the API server give the same verdict (tests/operator/test_bad_input.py).
 
-# RFC 3986 path characters without '?' and '#': no whitespace, control characters, quotes or
-# backslashes, and no query string or fragment.
-_PATH_CHARS = r"[-A-Za-z0-9._~%!$&'()*+,;=:@/]"
+# RFC 3986 path characters without '?' and '#' and without the shell's and the kubelet's
+# metacharacters ($, parentheses, quotes, ';', '&', '!', '*'): no whitespace, control characters,
+# `$(VAR)` expansion, query string or fragment.
+_PATH_CHARS = r"[-A-Za-z0-9._~%=:@/+,]"
 # s3://bucket/prefix, file:///abs/path, or a relative path (only `diffar run --local` reads those
 # two; the operator refuses them: see CLUSTER_URI_RULE).
 STORE_URI = (
     rf"^(s3://[a-z0-9][a-z0-9.-]{{1,61}}[a-z0-9](/{_PATH_CHARS}*)?"
     rf"|file:///{_PATH_CHARS}*"
-    r"|[A-Za-z0-9._][-A-Za-z0-9._~%!$&'()*+,;=@/]*)$"
+    r"|[A-Za-z0-9._][-A-Za-z0-9._~%=@/+,]*)$"
 )
 CLUSTER_URI_RULE = {
     "rule": "self.startsWith('s3://')",
@@ -459,6 +460,14 @@ class ResourcesSpec(_Spec):
         "domain-prefixed name: never cpu, memory or another standard resource).",
         json_schema_extra=_rules(NOT_KUBERNETES_IO),
     )
+
+    @field_validator("gpuResource")
+    @classmethod
+    def _extended(cls, value: str) -> str:
+        if value.startswith("kubernetes.io/") or ".kubernetes.io/" in value:
+            raise ValueError(NOT_KUBERNETES_IO["message"])
+        return value
+
     cpu: Quantity = Field(
         "16",
         description="CPU request per pod (a Kubernetes quantity).",

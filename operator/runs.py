@@ -150,7 +150,14 @@ def _name_problems(name: str) -> list[str]:
 def format_validation(e: ValidationError, *, prefix: str) -> list[str]:
     out = []
     for err in e.errors():
-        loc = [str(p) for p in err["loc"] if not str(p).startswith(("constrained-", "int"))]
+        # A map key is user text: quoted when it holds anything unprintable, so the error
+        # stays one line.
+        loc = [
+            str(p) if str(p).isprintable() else repr(str(p))
+            for p in err["loc"]
+            # union members' tags, not fields (a field may be called "interval")
+            if str(p) not in ("int", "str") and not str(p).startswith(("constrained-", "function-"))
+        ]
         where = ".".join([prefix, *loc])
         out.append(f"{where}: {err['msg'].removeprefix('Value error, ')}")
     return out

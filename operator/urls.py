@@ -25,8 +25,9 @@ _HOST = (
     r"(([a-z0-9]([-a-z0-9]*[a-z0-9])?\.)*[a-z]([-a-z0-9]*[a-z0-9])?"
     rf"|{_OCTET}(\.{_OCTET}){{3}})"
 )
-# Path characters of RFC 3986 without '?' and '#' (no query, no fragment).
-_PATH = r"(/[-A-Za-z0-9._~%!$&'()*+,;=:@/]*)?"
+# Path characters of RFC 3986 without '?' and '#' (no query, no fragment) and without '$',
+# parentheses, quotes, ';', '&', '!' and '*' (the kubelet expands $(VAR) in env values).
+_PATH = r"(/[-A-Za-z0-9._~%=:@/+,]*)?"
 URL_PATTERN = rf"^https?://{_HOST}(:[0-9]{{1,5}})?{_PATH}$"
 METADATA_HOSTS = ("metadata.google.internal", "metadata", "metadata.azure.internal")
 # The CEL form of the host blocklist (the pattern above already refuses the other spellings).
