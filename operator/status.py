@@ -21,6 +21,7 @@ Phases and their reasons:
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -163,8 +164,8 @@ def parse_results(message: str | None) -> dict | None:
     if not message:
         return None
     try:
-        raw = json.loads(message)
-    except json.JSONDecodeError:
+        raw = json.loads(message)  # Python's json reads NaN and Infinity: finite() drops them
+    except (json.JSONDecodeError, RecursionError):
         return None
     if not isinstance(raw, dict):
         return None
@@ -187,8 +188,25 @@ def parse_results(message: str | None) -> dict | None:
     if validation:
         out["validation"] = validation
     if raw.get("results_uri"):
-        out["resultsUri"] = str(raw["results_uri"])
-    return out
+        out["resultsUri"] = str(raw["results_uri"])[:1024]
+    return finite(out)
+
+
+def finite(value: Any) -> Any:
+    """`value` without its NaN and infinite floats (dropped from dicts and lists): JSON has no
+    such numbers, so one of them would make every status PATCH of the run fail."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        out = {}
+        for k, v in value.items():
+            clean = finite(v)
+            if clean is not None or v is None:
+                out[k] = clean
+        return out
+    if isinstance(value, list):
+        return [finite(v) for v in value if not (isinstance(v, float) and not math.isfinite(v))]
+    return value
 
 
 def update_progress(
@@ -203,6 +221,7 @@ def update_progress(
         **{k: v for k, v in (prev or {}).items() if k != "totalSteps"},
     }
     p["totalSteps"] = total
+    sample = finite(sample) if sample else None
     if sample:
         step = int(sample.get("step", p["step"]))
         then = parse_time(p.get("sampledAt"))
@@ -289,7 +308,7 @@ def decide(body: dict, observed: Observed, settings: Settings, now: datetime) ->
         if prev.get("phase") != phase or prev.get("reason") != outcome.reason:
             kind_ = "Warning" if phase == "Failed" else "Normal"
             d.events.append((kind_, outcome.reason, f"{phase}: {outcome.message}".rstrip(": ")))
-        d.status = status
+        d.status = finite(status)
         return d
 
     # 1. Validate: the schema's job first (pydantic), then what only the operator can check.
