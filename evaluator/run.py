@@ -245,8 +245,8 @@ def evaluate(cfg: EvalConfig, log=None) -> dict:
     if gateway:
         from diffar.evaluator.pushgateway import push_results
 
-        push_results(results, gateway)
-        log(f"  pushed to {gateway} (job=diffar-eval, run={name})")
+        if push_results(results, gateway):
+            log(f"  pushed to {gateway} (job=diffar-eval, run={name})")
     return results
 
 

@@ -21,7 +21,7 @@ importable. The operator fills:
 | key | from |
 | --- | --- |
 | model_uri | spec.checkpoint.uri (the evaluator loads the checkpoint's export/model.pt) |
-| name | the run's name (Pushgateway grouping job=diffar-eval, run=NAME) |
+| name | the run's name (Pushgateway grouping job=diffar-eval, namespace=NS, run=NAME) |
 | data_uri | spec.data.valUri |
 | tasks, samples, limit | spec.evaluation.tasks, .mcSamples, .limit |
 | output_uri | `<checkpoint.uri>/results.json` |
@@ -87,8 +87,9 @@ class EvalConfigDoc(BaseModel):
 
 
 def grouping_key(run: Run) -> dict[str, str]:
-    """The evaluator's Pushgateway group (diffar.evaluator.pushgateway: job=diffar-eval, run)."""
-    return {"job": PUSHGATEWAY_JOB, "run": run.name}
+    """The evaluator's Pushgateway group (diffar.evaluator.pushgateway: job=diffar-eval,
+    namespace, run): with the namespace, same-named runs in two namespaces never share one."""
+    return {"job": PUSHGATEWAY_JOB, "namespace": run.namespace, "run": run.name}
 
 
 def pushgateway_url(run: Run, settings: Settings) -> str | None:

@@ -249,7 +249,7 @@ def test_diffusion_run_end_to_end(
             ("Pod", "eval-x7k2p"),
         ):
             assert kube.get(kind, NS, f"{name}-{child}") is None, kind
-        assert f"/metrics/job/diffar-eval/run/{name}" in services.deleted
+        assert f"/metrics/job/diffar-eval/namespace/{NS}/run/{name}" in services.deleted
     assert runner.exception is None, runner.stdout
     assert emu.created["pytorchjobs"] == 1 and emu.created["jobs"] == 1
     assert emu.created["configmaps"] == 1
