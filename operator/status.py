@@ -16,6 +16,10 @@ Phases and their reasons:
 | Succeeded | EvaluationSucceeded, TrainingSucceeded | results in status (or evaluation disabled) |
 | Failed | one of `FailureReason` | terminal, except the `RETRYABLE` reasons |
 | Suspended | SuspendedByUser | spec.suspend is true |
+
+A spec this operator cannot parse (fields of a newer CRD, an older operator) fails a run that
+has no children yet (InvalidSpec, retryable); a run whose PyTorchJob exists keeps its phase and
+children, with condition Validated=False, reason SpecNotUnderstood, and a Warning Event.
 """
 
 from __future__ import annotations
@@ -64,6 +68,7 @@ class Reason(StrEnum):
     NOT_SUSPENDED = "NotSuspended"
     NOT_STARTED = "NotStarted"
     WAITING_FOR_OLD_CHILDREN = "WaitingForOldChildren"
+    SPEC_NOT_UNDERSTOOD = "SpecNotUnderstood"  # version skew: running children left alone
 
 
 @dataclass
@@ -318,6 +323,21 @@ def decide(body: dict, observed: Observed, settings: Settings, now: datetime) ->
     except SpecError as e:
         run, problems = None, e.problems
     message = "; ".join(problems)
+    uid = meta.get("uid") or ""
+    if run is None and observed.train_job is not None and owned_by(observed.train_job, uid):
+        # Version skew: a CRD newer (or older) than this operator gave the run fields the models
+        # do not know. Its children were made from a spec this operator understood: leave them
+        # and the phase alone, and say so, instead of failing a run that trains.
+        was = next((c for c in conditions if c.get("type") == "Validated"), {})
+        if was.get("reason") != Reason.SPEC_NOT_UNDERSTOOD or was.get("message") != message:
+            d.events.append(("Warning", Reason.SPEC_NOT_UNDERSTOOD, message))
+        conditions = set_condition(
+            conditions, "Validated", False, Reason.SPEC_NOT_UNDERSTOOD, message, generation, now
+        )
+        kept = _Outcome(
+            prev.get("phase") or "Pending", prev.get("reason") or "", prev.get("message") or ""
+        )
+        return finish(kept, None)
     if problems and (run is None or observed.train_job is None):
         conditions = set_condition(
             conditions, "Validated", False, FailureReason.INVALID_SPEC, message, generation, now

@@ -370,3 +370,28 @@ def test_the_progress_endpoint_is_read_with_a_size_limit():
         assert progress.scrape(f"{base}/huge") is None
     finally:
         server.shutdown()
+
+
+def test_version_skew_never_fails_a_running_run(manifest):
+    """A newer CRD's field this operator does not know: report it, keep the run training."""
+    d = step(manifest, None, st.Observed())
+    cm, _ = d.create
+    obs = st.Observed(
+        config_map=cm, train_job=job("PyTorchJob", "mdm-small-train", [("Running", "")])
+    )
+    s = step(manifest, d.status, obs).status
+    assert s["phase"] == "Training"
+    newer = copy.deepcopy(manifest)
+    newer["spec"]["ar"] = {"inputMaskRate": 0.1}
+    d = step(newer, s, obs)
+    assert d.phase == "Training" and d.status["reason"] == "TrainingRunning"
+    assert d.create == [] and d.patch == []
+    validated = next(c for c in d.status["conditions"] if c["type"] == "Validated")
+    assert validated["status"] == "False" and validated["reason"] == "SpecNotUnderstood"
+    assert "spec.ar" in validated["message"]
+    assert [e[:2] for e in d.events] == [("Warning", "SpecNotUnderstood")]
+    assert step(newer, d.status, obs).events == []  # said once
+    # The same field on a run with no children yet: refused (and retried after an edit).
+    fresh = step(newer, None, st.Observed())
+    assert fresh.phase == "Failed" and fresh.status["reason"] == "InvalidSpec"
+    assert fresh.create == []
