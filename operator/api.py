@@ -551,8 +551,9 @@ class EvaluationSpec(_Spec):
     tasks: list[Task] = Field(
         default_factory=lambda: [t for t in TASKS if t != "race"],
         max_length=len(TASKS),
-        description="Downstream tasks to score (zero-shot accuracy). The default is the paper's "
-        "nine but RACE, which needs a data source the evaluator does not bundle.",
+        description="Downstream tasks to score (zero-shot accuracy), from the tasks the evaluator "
+        "ships; no duplicates. The default is all of them: the paper's nine but RACE, which needs "
+        "a data source the evaluator does not bundle.",
         json_schema_extra={"x-kubernetes-list-type": "set"},
     )
     _tasks_unique = field_validator("tasks")(_unique)

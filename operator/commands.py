@@ -88,19 +88,16 @@ def _crds(args: argparse.Namespace) -> int:
 
 
 def load_manifest(path: str) -> dict:
-    import yaml
+    """The run manifest in `path` ('-': stdin), read by `diffar.operator.safeyaml`."""
+    from diffar.operator.safeyaml import load_manifest_text
 
     try:
         text = sys.stdin.read() if path == "-" else Path(path).read_text()
     except OSError as e:
         raise UserError(f"cannot read {path}: {e.strerror}") from None
-    try:
-        docs = [d for d in yaml.safe_load_all(text) if d is not None]
-    except yaml.YAMLError as e:
-        raise UserError(f"{path} is not valid YAML: {e}") from None
-    if len(docs) != 1:
-        raise UserError(f"{path} must hold exactly one run manifest, found {len(docs)}")
-    return docs[0]
+    except UnicodeDecodeError:
+        raise UserError(f"{path} is not UTF-8 text") from None
+    return load_manifest_text(text, path)
 
 
 def _render(args: argparse.Namespace) -> int:
