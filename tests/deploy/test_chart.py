@@ -330,3 +330,13 @@ def test_the_operator_image_can_be_pinned_by_digest(render):
     (dep,) = [o for o in render(None, f"image.digest={digest}") if o["kind"] == "Deployment"]
     image = dep["spec"]["template"]["spec"]["containers"][0]["image"]
     assert image == f"ghcr.io/diffar/diffar-operator@{digest}"
+
+
+def test_the_pushgateway_value_has_the_run_apis_url_pattern():
+    from diffar.operator.urls import URL_PATTERN
+
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    pattern = schema["properties"]["pushgateway"]["properties"]["url"]["pattern"]
+    assert pattern == f"^({URL_PATTERN[1:-1]})?$"
+    for bad in ("http://pg:9091/?x=1", "http://user@pg:9091", "http://pg:9091/#f"):
+        assert not re.search(pattern, bad), bad
