@@ -17,6 +17,13 @@ A case is a dict:
   `"operator"`: the API server admits it (only the operator can check it) and render and the
   operator refuse it; `"accept"`: a valid edge case every layer admits;
 - `field`: the field the error names (a dotted path; list indices left out).
+
+Unknown fields (`toleration-typo`, `affinity-typo`, `schema-unknown-field`,
+`schema-diffusion-on-arrun`) are refused by `kubectl create/apply`, whose server-side field
+validation is Strict (400 "strict decoding error: unknown field"); a client that sends no
+`fieldValidation` gets them pruned with a warning instead. Every other case was checked against
+a real kube-apiserver v1.37.2 with these CRDs: each "schema" case answered 422 naming `field`,
+each other case was admitted.
 """
 
 from __future__ import annotations
