@@ -82,7 +82,6 @@ NOT_KUBERNETES_IO = {
     "message": "must not be a kubernetes.io resource: name the device plugin's extended "
     "resource, such as nvidia.com/gpu",
 }
-RESOURCE_NAME = EXTENDED_RESOURCE  # the name other modules import
 # An image reference: [registry[:port]/]path[:tag][@sha256:digest], lower-case path.
 IMAGE = (
     r"^[a-z0-9]([-a-z0-9._]*[a-z0-9])?(:[0-9]{1,5})?(/[a-z0-9]([-a-z0-9._]*[a-z0-9])?)*"

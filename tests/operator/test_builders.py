@@ -297,3 +297,15 @@ def test_cache_size_is_a_spec_field(manifest):
     assert next(v for v in pod["volumes"] if v["name"] == "cache")["emptyDir"] == {
         "sizeLimit": "200Gi"
     }
+
+
+def test_the_largest_admissible_run_plans_within_int64(manifest):
+    """Every count is bounded so that planned steps and tokens fit the CRD's int64 status."""
+    from diffar.operator import api
+
+    manifest["spec"]["data"].update(uniqueTokens=api.MAX_UNIQUE_TOKENS, epochs=100000)
+    manifest["spec"]["model"]["seqLen"] = 2
+    manifest["spec"]["training"].update(globalBatch=1, microBatch=1)
+    run = run_of(manifest)
+    steps = planned_steps(run)
+    assert steps * 1 * 2 < 2**63 and steps > 10**17
