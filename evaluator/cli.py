@@ -96,7 +96,7 @@ def _eval(args: argparse.Namespace) -> int:
 
     results = evaluate(eval_config_from_args(args))
     if args.json:
-        from diffar.evaluator.run import _finite
+        from diffar.evaluator.results import finite as _finite
 
         print(json.dumps(_finite(results), indent=2))
     return 0

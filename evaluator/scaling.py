@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import io
 import json
 import math
 import sys
@@ -33,7 +34,7 @@ from pathlib import Path
 import numpy as np
 from scipy.optimize import brentq, minimize, minimize_scalar
 
-from diffar.trainer.errors import UserError
+from diffar.trainer.errors import UserError, read_text
 
 PARAMS = ("E", "A", "B", "alpha", "beta", "R_D_star", "R_N_star")
 HUBER_DELTA = 1e-3
@@ -404,7 +405,7 @@ def read_points(paths: list[str]) -> list[Point]:
         if not path.is_file():
             raise UserError(f"{p}: no such file")
         if path.suffix.lower() == ".csv":
-            with open(path, newline="") as f:
+            with io.StringIO(read_text(path, "CSV"), newline="") as f:
                 reader = csv.DictReader(f)
                 need = {"objective", "params", "unique_tokens", "epochs", "loss"}
                 if not need <= set(reader.fieldnames or ()):
@@ -413,7 +414,7 @@ def read_points(paths: list[str]) -> list[Point]:
                     points.append(_point(row, f"{p}:{i}"))
         else:
             try:
-                data = json.loads(path.read_text())
+                data = json.loads(read_text(path, "results.json"))
             except json.JSONDecodeError as e:
                 raise UserError(f"{p}: not JSON ({e})") from None
             for j, row in enumerate(data if isinstance(data, list) else [data]):

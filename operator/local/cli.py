@@ -67,8 +67,14 @@ def _run(args: argparse.Namespace) -> int:
             "diffar run needs --local; on a cluster use `kubectl apply -f " + args.manifest + "`"
         )
     from diffar.operator.commands import load_manifest
-    from diffar.operator.local.runner import format_status, resolve, run_local
+    from diffar.operator.local.runner import (
+        format_status,
+        resolve,
+        run_local,
+        sigterm_as_interrupt,
+    )
 
+    sigterm_as_interrupt()
     run = resolve(load_manifest(args.manifest), Path(args.root), processes=args.processes)
     status = run_local(run, threads=args.threads)
     print(format_status(run.name, status), end="")
