@@ -188,7 +188,23 @@ def parse_results(message: str | None) -> dict | None:
         out["validation"] = validation
     if raw.get("results_uri"):
         out["resultsUri"] = str(raw["results_uri"])
+    training = raw.get("training") if isinstance(raw.get("training"), dict) else {}
+    for key, name in _TRAINING_FIELDS.items():
+        value = training.get(key)
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            out[name] = float(value)
     return out
+
+
+# results.json's training summary (evaluator/results.py) -> status.results
+_TRAINING_FIELDS = {
+    "best_val_loss": "bestValLoss",
+    "best_val_epoch": "bestValEpoch",
+    "final_val_loss": "finalValLoss",
+    "final_train_loss": "finalTrainLoss",
+    "wall_seconds": "wallSeconds",
+    "tokens_per_second": "tokensPerSecond",
+}
 
 
 def update_progress(
