@@ -97,7 +97,7 @@ class EvalConfig(BaseModel):
         unknown = [t for t in tasks if not is_task_file(t) and t not in KNOWN_TASKS]
         if unknown:
             raise ValueError(
-                f"unknown task(s) {', '.join(map(repr, unknown))}; known: "
+                f"unknown task{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}; known: "
                 f"{', '.join(KNOWN_TASKS)}, or a path to a .jsonl task file"
             )
         return tasks

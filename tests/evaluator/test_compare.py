@@ -91,7 +91,7 @@ def test_table_has_a_column_per_run():
 
 
 def test_unknown_tasks_fail_at_config_load():
-    with pytest.raises(EvalConfigError, match=r"unknown task\(s\) 'race', 'mmlu'"):
+    with pytest.raises(EvalConfigError, match=r"unknown tasks 'race', 'mmlu'"):
         parse_eval_config({"model_uri": "m", "tasks": ["arc_easy", "race", "mmlu"]})
     parse_eval_config({"model_uri": "m", "tasks": ["arc_easy", "my/task.jsonl"]})
     assert set(KNOWN_TASKS) == set(tasks.TASKS)

@@ -58,7 +58,7 @@ def test_eval_of_a_file_that_is_not_a_model(capsys, tmp_path):
 def test_eval_of_an_unknown_task_fails_at_config_load(capsys, tmp_path):
     # Before the model is even looked for: the config is checked first.
     err = one_line_error(capsys, ["eval", "--model", str(tmp_path / "none"), "--tasks", "race"])
-    assert "unknown task(s) 'race'" in err
+    assert "unknown task 'race'" in err
 
 
 def test_data_prepare_refuses_a_binary_input(capsys, binary, tmp_path):

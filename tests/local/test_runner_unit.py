@@ -206,7 +206,7 @@ def test_unknown_task_in_a_manifest_fails_before_any_work(tmp_path):
     body = manifest()
     body["spec"]["evaluation"]["tasks"] = ["arc_easy", "race"]
     run = resolve(body, tmp_path)
-    with pytest.raises(EvalConfigError, match=r"unknown task\(s\) 'race'"):
+    with pytest.raises(EvalConfigError, match=r"unknown task 'race'"):
         parse_eval_config(run.eval_config)
 
 
