@@ -115,6 +115,12 @@ def test_quickstart_manifests_follow_the_flags(tmp_path):
     assert spec["checkpoint"]["uri"] == str(tmp_path / body["metadata"]["name"] / "checkpoints")
     # Validation stays about every 2 epochs: 24 steps at 25000 tokens, 10 at 10000.
     assert spec["validation"]["interval"] == 10
+    # Run directly (`diffar run examples/local/ar.yaml --local`), an example reads the data of
+    # the default quickstart: its paths must be that folder's.
+    for name in ("ar.yaml", "diffusion.yaml"):
+        data = yaml.safe_load((examples / name).read_text())["spec"]["data"]
+        assert data["trainUri"] == str(default_plan(examples, Path("runs")).data_dir / "train")
+        assert data["valUri"] == str(default_plan(examples, Path("runs")).data_dir / "val")
     default = run_manifest(examples / "ar.yaml", plain)
     assert default["metadata"]["name"] == "quickstart-ar"
     assert default["spec"]["data"]["trainUri"] == str(plain.data_dir / "train")
