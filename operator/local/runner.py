@@ -125,6 +125,10 @@ def resolve(manifest: dict, root: Path, processes: int | None = None) -> LocalRu
             "tokenizer": _dataset_tokenizer(cfg.data.train_uri),
             "train_log": str(run_dir / "train-log.jsonl"),
         }
+        from diffar.evaluator.config import parse_eval_config
+
+        # Checked now, not after training: an unknown task name fails before any work.
+        parse_eval_config(eval_cfg)
     return LocalRun(
         run.name,
         run.objective,

@@ -205,9 +205,11 @@ def test_unknown_task_in_a_manifest_fails_before_any_work(tmp_path):
 
     body = manifest()
     body["spec"]["evaluation"]["tasks"] = ["arc_easy", "race"]
-    run = resolve(body, tmp_path)
     with pytest.raises(EvalConfigError, match=r"unknown task 'race'"):
-        parse_eval_config(run.eval_config)
+        resolve(body, tmp_path)  # before `diffar run --local` trains anything
+    assert not (tmp_path / "unit").exists()
+    body["spec"]["evaluation"]["tasks"] = ["arc_easy"]
+    parse_eval_config(resolve(body, tmp_path).eval_config)
 
 
 def test_examples_local_declare_what_the_quickstart_fits():
