@@ -854,6 +854,18 @@ class Results(_Status):
         default_factory=dict, description="Downstream task accuracies, 0-1, by task name."
     )
     resultsUri: str | None = Field(None, description="Where the full results.json was written.")
+    bestValLoss: float | None = Field(
+        None, description="Lowest validation loss during training (nats/token)."
+    )
+    bestValEpoch: float | None = Field(None, description="Epoch at which bestValLoss was reached.")
+    finalValLoss: float | None = Field(
+        None, description="Validation loss at the end of training (nats/token)."
+    )
+    finalTrainLoss: float | None = Field(None, description="Training loss of the last step.")
+    wallSeconds: float | None = Field(
+        None, description="Training wall time in seconds (validation excluded; resumes summed)."
+    )
+    tokensPerSecond: float | None = Field(None, description="Mean training throughput.")
 
 
 class Children(_Status):

@@ -194,6 +194,11 @@ def parse_results(message: str | None) -> dict | None:
         out["validation"] = validation
     if raw.get("results_uri"):
         out["resultsUri"] = str(raw["results_uri"])[:1024]
+    training = raw.get("training") if isinstance(raw.get("training"), dict) else {}
+    for key, name in _TRAINING_FIELDS.items():
+        value = training.get(key)
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            out[name] = float(value)
     return finite(out)
 
 
@@ -212,6 +217,17 @@ def finite(value: Any) -> Any:
     if isinstance(value, list):
         return [finite(v) for v in value if not (isinstance(v, float) and not math.isfinite(v))]
     return value
+
+
+# results.json's training summary (evaluator/results.py) -> status.results
+_TRAINING_FIELDS = {
+    "best_val_loss": "bestValLoss",
+    "best_val_epoch": "bestValEpoch",
+    "final_val_loss": "finalValLoss",
+    "final_train_loss": "finalTrainLoss",
+    "wall_seconds": "wallSeconds",
+    "tokens_per_second": "tokensPerSecond",
+}
 
 
 def update_progress(
