@@ -259,8 +259,8 @@ def check_kubectl(args: list[str], cmd: Command) -> None:
 
 
 def check_helm(args: list[str], cmd: Command, helm: str) -> None:
-    if args[0] == "install":
-        drop = {"--create-namespace", "--wait", "--atomic"}
+    if args[0] in ("install", "upgrade"):
+        drop = {"--create-namespace", "--wait", "--atomic", "--reuse-values", "--install"}
         ok([helm, "template", *[a for a in args[1:] if a not in drop]], cmd)
     elif args[0] in ("template", "lint"):
         ok([helm, *args], cmd)

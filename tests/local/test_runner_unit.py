@@ -201,11 +201,13 @@ def test_spec_s3_endpoint_reaches_the_local_children(tmp_path):
 
 
 def test_unknown_task_in_a_manifest_fails_before_any_work(tmp_path):
-    from diffar.evaluator.config import EvalConfigError, parse_eval_config
+    from diffar.evaluator.config import parse_eval_config
+    from diffar.trainer.errors import UserError
 
     body = manifest()
     body["spec"]["evaluation"]["tasks"] = ["arc_easy", "race"]
-    with pytest.raises(EvalConfigError, match=r"unknown task 'race'"):
+    # The run API's task enum (the evaluator's own task list) refuses it at parse time.
+    with pytest.raises(UserError, match=r"spec\.evaluation\.tasks\.1: Input should be 'arc_easy'"):
         resolve(body, tmp_path)  # before `diffar run --local` trains anything
     assert not (tmp_path / "unit").exists()
     body["spec"]["evaluation"]["tasks"] = ["arc_easy"]
