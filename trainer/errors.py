@@ -17,20 +17,32 @@ class DiskFullError(UserError):
     """A write failed for lack of space (or quota); nothing partial was left in place."""
 
 
-def is_disk_full(e: BaseException) -> bool:
-    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+# How torch.save's C++ writer reports a failed write: a RuntimeError with no errno.
+_TORCH_WRITE_FAILURES = ("write failed", "iostream error", "unexpected pos")
+
+
+def is_disk_full(e: BaseException, where: Path | None = None) -> bool:
+    if isinstance(e, OSError):
+        return e.errno in (errno.ENOSPC, errno.EDQUOT)
+    if not isinstance(e, RuntimeError):
+        return False
+    if any(s in str(e) for s in _TORCH_WRITE_FAILURES):
         return True
-    # torch.save reports a failed write as RuntimeError("... file write failed"), with no errno
-    return isinstance(e, RuntimeError) and "write failed" in str(e)
+    return where is not None and _free_bytes(where) < (64 << 20)
+
+
+def _free_bytes(where: Path) -> int:
+    for p in (where, *where.parents):
+        try:
+            return shutil.disk_usage(p).free
+        except OSError:
+            continue
+    return 1 << 62
 
 
 def _free(where: Path) -> str:
-    for p in (where, *where.parents):
-        try:
-            return f"{shutil.disk_usage(p).free / 1e9:.2f} GB free"
-        except OSError:
-            continue
-    return "free space unknown"
+    free = _free_bytes(where)
+    return "free space unknown" if free == 1 << 62 else f"{free / 1e9:.2f} GB free"
 
 
 @contextmanager
@@ -39,7 +51,7 @@ def disk_space(what: str, where: str | Path, then: str = "rerun"):
     try:
         yield
     except (OSError, RuntimeError) as e:
-        if not is_disk_full(e):
+        if not is_disk_full(e, Path(where)):
             raise
         raise DiskFullError(
             f"{where}: no space left on the device while writing {what} ({_free(Path(where))}); "
