@@ -121,6 +121,15 @@ def place_for(cfg: TrainConfig) -> CheckpointPlace | None:
     return CheckpointPlace(uri, local_checkpoint_dir(uri, cfg.data.cache_dir))
 
 
+# Errors a rank reports to the others instead of leaving them waiting in the next collective.
+_SHARED_ERRORS = (UserError, OSError)
+
+
+def _one_line(e: BaseException) -> str:
+    text = " ".join(str(e).split())
+    return text if isinstance(e, UserError) else f"{type(e).__name__}: {text}"
+
+
 def _say(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
@@ -144,8 +153,8 @@ def resume(engine, place: CheckpointPlace, env, control, log: Callable[[str], No
                 newest_committed(place.uri) if place.remote else newest_intact_local(place.local)
             )
             choice = found.tag if found else None
-        except UserError as e:
-            error = str(e)
+        except _SHARED_ERRORS as e:
+            error = _one_line(e)
     choice, error = control.broadcast((choice, error))
     if error:
         raise UserError(error)
@@ -154,14 +163,23 @@ def resume(engine, place: CheckpointPlace, env, control, log: Callable[[str], No
     failed = None
     if place.remote and env.local_rank == 0:
         try:
-            fetch_checkpoint(place.uri, place.local, choice)
-        except UserError as e:
-            failed = str(e)
+            with disk_space(f"checkpoint {choice}", place.local, "rerun to resume"):
+                fetch_checkpoint(place.uri, place.local, choice)
+        except _SHARED_ERRORS as e:
+            failed = _one_line(e)
     failed = control.first_error(failed)  # also holds the node's other ranks until it is there
     if failed:
         raise CheckpointError(f"cannot resume from the committed checkpoint {choice}: {failed}")
-    path, client_state = engine.load_checkpoint(str(place.local), tag=choice)
-    loaded = None if path is None else RunPosition.from_client_state(client_state).step
+    loaded, client_state, failed = None, None, None
+    try:
+        path, client_state = engine.load_checkpoint(str(place.local), tag=choice)
+        if path is not None:
+            loaded = RunPosition.from_client_state(client_state).step
+    except (*_SHARED_ERRORS, RuntimeError, KeyError, EOFError) as e:
+        failed = _one_line(e)
+    failed = control.first_error(failed)
+    if failed:
+        raise CheckpointError(f"cannot load the committed checkpoint {choice}: {failed}")
     steps = control.gather(loaded)
     if any(s != step_of(choice) for s in steps):
         raise CheckpointError(
@@ -198,15 +216,16 @@ def save(engine, place: CheckpointPlace, position: RunPosition, keep: int, env, 
     failed = None
     if place.remote and env.local_rank == 0:
         try:
-            upload_checkpoint_files(place.local, place.uri, tag)
-        except UserError as e:
-            failed = str(e)
+            with disk_space(f"checkpoint {tag}", place.local, "rerun to resume"):
+                upload_checkpoint_files(place.local, place.uri, tag)
+        except _SHARED_ERRORS as e:
+            failed = _one_line(e)
     failed = control.first_error(failed)  # every rank's shards are written and stored
     if not failed and env.is_main:
         try:
             commit_checkpoint(place.uri, tag, keep)
-        except UserError as e:
-            failed = str(e)
+        except _SHARED_ERRORS as e:
+            failed = _one_line(e)
     if not failed:
         failed = control.first_error(failed)
     if failed:
