@@ -138,38 +138,21 @@ def resume(engine, place: CheckpointPlace, env, control, log: Callable[[str], No
     """Collective: restore the newest committed checkpoint on every rank, or None (a fresh run).
 
     Rank 0 picks the step (the store's newest committed tag; for a dir used in place, the
-    newest one whose files still match their marker), every node makes that tag present, every
-    rank loads it by name, and the ranks compare the step they restored before going on."""
-    from diffar.trainer.checkpoint_store import (
-        fetch_checkpoint,
-        newest_committed,
-        newest_intact_local,
-    )
-
-    choice = error = None
+    newest one whose files still match their marker), every node makes that tag present (a tag
+    whose files are damaged or missing in the store gives way to the committed one before it),
+    every rank loads it by name, and the ranks compare the step they restored."""
+    candidates = error = None
     if env.is_main:
         try:
-            found = (
-                newest_committed(place.uri) if place.remote else newest_intact_local(place.local)
-            )
-            choice = found.tag if found else None
+            candidates = _candidates(place)
         except _SHARED_ERRORS as e:
             error = _one_line(e)
-    choice, error = control.broadcast((choice, error))
+    candidates, error = control.broadcast((candidates, error))
     if error:
         raise UserError(error)
+    choice = _present_on_every_node(place, candidates, env, control, log)
     if choice is None:
         return None
-    failed = None
-    if place.remote and env.local_rank == 0:
-        try:
-            with disk_space(f"checkpoint {choice}", place.local, "rerun to resume"):
-                fetch_checkpoint(place.uri, place.local, choice)
-        except _SHARED_ERRORS as e:
-            failed = _one_line(e)
-    failed = control.first_error(failed)  # also holds the node's other ranks until it is there
-    if failed:
-        raise CheckpointError(f"cannot resume from the committed checkpoint {choice}: {failed}")
     loaded, client_state, failed = None, None, None
     try:
         path, client_state = engine.load_checkpoint(str(place.local), tag=choice)
@@ -188,6 +171,58 @@ def resume(engine, place: CheckpointPlace, env, control, log: Callable[[str], No
         )
     log(f"diffar train: rank {env.rank} resumes from the committed checkpoint {choice}")
     return RunPosition.from_client_state(client_state)
+
+
+def _candidates(place: CheckpointPlace) -> list[str]:
+    """Rank 0: the committed tags to try, newest first."""
+    from diffar.trainer.checkpoint_store import (
+        list_checkpoint_tags,
+        newest_intact_local,
+    )
+    from diffar.trainer.storage import open_store
+
+    if not place.remote:
+        found = newest_intact_local(place.local)
+        return [found.tag] if found else []
+    tags, committed = list_checkpoint_tags(open_store(place.uri))
+    return [t for t in reversed(tags) if t in committed]
+
+
+def _present_on_every_node(place, candidates: list[str], env, control, log) -> str | None:
+    """The first candidate every node holds intact (fetched and verified from a remote store)."""
+    from diffar.trainer.checkpoint_store import fetch_checkpoint
+    from diffar.trainer.storage import ChecksumError, NotFoundError
+
+    for tag in candidates:
+        if not place.remote:
+            return tag
+        failed = None
+        if env.local_rank == 0:
+            try:
+                with disk_space(f"checkpoint {tag}", place.local, "rerun to resume"):
+                    fetch_checkpoint(place.uri, place.local, tag)
+            except (ChecksumError, NotFoundError) as e:
+                failed = ("damaged", _one_line(e))
+            except _SHARED_ERRORS as e:
+                failed = ("error", _one_line(e))
+        # also holds each node's other ranks until the files are there
+        failures = [f for f in control.gather(failed) if f]
+        if not failures:
+            return tag
+        if any(kind == "error" for kind, _ in failures):
+            detail = next(msg for kind, msg in failures if kind == "error")
+            raise CheckpointError(f"cannot resume from the committed checkpoint {tag}: {detail}")
+        if env.is_main:
+            log(
+                f"checkpoint {place.uri}/{tag} is damaged in the store ({failures[0][1]}); "
+                "trying the committed checkpoint before it"
+            )
+    if candidates:
+        raise CheckpointError(
+            f"{place.uri}: every committed checkpoint ({', '.join(candidates)}) is damaged in "
+            "the store; restore one, or delete them to start the run afresh"
+        )
+    return None
 
 
 def save(engine, place: CheckpointPlace, position: RunPosition, keep: int, env, control) -> str:
@@ -217,7 +252,9 @@ def save(engine, place: CheckpointPlace, position: RunPosition, keep: int, env, 
     if place.remote and env.local_rank == 0:
         try:
             with disk_space(f"checkpoint {tag}", place.local, "rerun to resume"):
-                upload_checkpoint_files(place.local, place.uri, tag)
+                # A fresh save: the store's copy of this tag, if any, was never committed or
+                # was found damaged, and its recorded sha256 says nothing about its bytes.
+                upload_checkpoint_files(place.local, place.uri, tag, skip_same=False)
         except _SHARED_ERRORS as e:
             failed = _one_line(e)
     failed = control.first_error(failed)  # every rank's shards are written and stored

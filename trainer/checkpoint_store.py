@@ -176,11 +176,13 @@ def newest_intact_local(
             return c
         log(f"checkpoint {directory / tag}: {problem}; trying an older checkpoint")
         skipped.append(tag)
-    if skipped:
-        log(
-            f"checkpoint {directory}: no intact committed checkpoint among {', '.join(skipped)}; "
-            "starting from scratch"
+    if committed:
+        raise StorageError(
+            f"{directory}: every committed checkpoint ({', '.join(sorted(committed))}) is "
+            "damaged; restore one, or delete them to start the run afresh"
         )
+    if skipped:
+        log(f"checkpoint {directory}: only incomplete tags ({', '.join(skipped)}); starting afresh")
     return None
 
 
@@ -192,10 +194,11 @@ def upload_checkpoint_files(
     remote_uri: str,
     tag: str,
     options: StorageOptions | dict | None = None,
+    skip_same: bool = True,
 ) -> int:
-    """Upload LOCAL_DIR/TAG/** to REMOTE/TAG/** (files already there, same size and sha256, are
-    skipped). One process per node, each with the files its ranks wrote; then rank 0 calls
-    `commit_checkpoint` once. Returns bytes uploaded."""
+    """Upload LOCAL_DIR/TAG/** to REMOTE/TAG/** (with `skip_same`, files already there whose
+    size and recorded sha256 match are skipped). One process per node, each with the files its
+    ranks wrote; then rank 0 calls `commit_checkpoint` once. Returns bytes uploaded."""
     local_dir = Path(local_dir)
     opts = _options(options)
     store = open_store(remote_uri, opts)
@@ -213,7 +216,7 @@ def upload_checkpoint_files(
         rel = f"{tag}/{p.relative_to(root).as_posix()}"
         sha, size = sha256_file(p), p.stat().st_size
         try:
-            if store.size(rel) == size and store.metadata(rel).get("sha256") == sha:
+            if skip_same and store.size(rel) == size and store.metadata(rel).get("sha256") == sha:
                 meter(size)
                 return 0
         except NotFoundError as e:

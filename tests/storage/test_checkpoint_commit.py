@@ -7,7 +7,10 @@ import json
 import os
 from pathlib import Path
 
+import pytest
+
 from diffar.trainer import checkpoint_store as cs
+from diffar.trainer.storage import StorageError
 
 
 def write_tag(root: Path, step: int, seed: int = 0) -> cs.Committed | None:
@@ -126,3 +129,18 @@ def test_uncommit_then_recommit(tmp_path):
     assert cs.newest_committed(str(tmp_path)) is None
     commit(tmp_path, 10)
     assert cs.newest_committed(str(tmp_path)).tag == "step-00000010"
+
+
+def test_all_committed_damaged_is_an_error_not_a_fresh_start(tmp_path):
+    write_tag(tmp_path, 10)
+    commit(tmp_path, 10)
+    (tmp_path / "step-00000010" / "mp_rank_00_model_states.pt").write_bytes(b"")
+    with pytest.raises(StorageError, match=r"every committed checkpoint \(step-00000010\) is"):
+        cs.newest_intact_local(tmp_path, log=lambda m: None)
+
+
+def test_only_incomplete_tags_start_afresh(tmp_path):
+    write_tag(tmp_path, 10)
+    lines: list[str] = []
+    assert cs.newest_intact_local(tmp_path, log=lines.append) is None
+    assert "only incomplete tags (step-00000010)" in lines[0]

@@ -20,6 +20,7 @@ import yaml
 from testsupport.servers import free_port
 from weed import FaultProxy
 
+from diffar.trainer import checkpoint_store as cs
 from diffar.trainer.export import load_export
 from diffar.trainer.shards import Manifest, write_manifest, write_shard
 
@@ -27,6 +28,7 @@ pytestmark = pytest.mark.slow
 
 VOCAB = 128
 FAILED_TAG = "step-00000020"
+FINAL_TAG = "step-00000047"
 
 
 def dataset(root: Path) -> Path:
@@ -153,3 +155,34 @@ def test_two_nodes_failed_upload_resume_same_committed_step_bit_exact(bucket, s3
     ):
         assert torch.equal(a, b), name
     print(f"two-node failed-upload resume test: {time.monotonic() - started:.1f} s")
+
+
+def test_a_checkpoint_damaged_in_the_store_gives_way_to_the_one_before(bucket, s3env, tmp_path):
+    data = dataset(tmp_path / "data")
+    cfg = config(tmp_path / "one.yaml", data, f"s3://{bucket}/one")
+    log = tmp_path / "one.jsonl"
+
+    def train(cache: str) -> subprocess.CompletedProcess:
+        cmd = [
+            sys.executable, "-m", "diffar.operator.cli", "train", "--config", str(cfg),
+            "--set", f"data.cache_dir={tmp_path / cache}", "--set", f"metrics.log_file={log}",
+        ]  # fmt: skip
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+        return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+
+    first = train("node-a")
+    assert first.returncode == 0, first.stderr[-3000:]
+    reference = losses(log)
+    key = "one/step-00000047/mp_rank_00_model_states.pt"
+    client = s3env.client()
+    meta = client.head_object(Bucket=bucket, Key=key)["Metadata"]
+    body = client.get_object(Bucket=bucket, Key=key)["Body"].read()
+    client.put_object(Bucket=bucket, Key=key, Body=body[:-8] + b"damaged!", Metadata=meta)
+
+    again = train("node-b")  # a fresh node: everything comes from the store
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "step-00000047 is damaged in the store" in again.stderr
+    assert "rank 0 resumes from the committed checkpoint step-00000040" in again.stderr
+    assert losses(log) == reference
+    # the step was saved again, whole: a third node fetches it, every file verified
+    assert cs.fetch_latest_checkpoint(f"s3://{bucket}/one", tmp_path / "node-c") == FINAL_TAG
