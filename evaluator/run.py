@@ -65,15 +65,36 @@ def default_output_uri(model_uri: str) -> str:
 
 
 def fetch_model(model_uri: str, cache_dir: str) -> Path:
-    """A local path for the model (a remote model.pt is downloaded into the cache)."""
-    from diffar.trainer.storage import is_remote, local_path, open_store
+    """A local path for the model, checked against the sha256 written beside it at export (a
+    remote model.pt is downloaded into the cache and verified on the way)."""
+    from diffar.trainer.export import (
+        CHECKSUM_SUFFIX,
+        EXPORT_NAME,
+        read_checksum,
+        verify_export,
+    )
+    from diffar.trainer.storage import NotFoundError, is_remote, local_path, open_store
 
     if not is_remote(model_uri):
-        return local_path(model_uri)
+        path = local_path(model_uri)
+        if path.is_dir():
+            path = path / EXPORT_NAME
+        if path.is_file():
+            verify_export(path)
+        return path
     uri = model_uri.rstrip("/")
-    root, key = (uri.rsplit("/", 1)) if uri.endswith(".pt") else (uri, "export/model.pt")
+    root, key = (uri.rsplit("/", 1)) if uri.endswith(".pt") else (uri, EXPORT_NAME)
+    store = open_store(root)
+    try:
+        text = store.get_bytes(key + CHECKSUM_SUFFIX).decode("ascii", errors="replace")
+    except NotFoundError:
+        raise UserError(
+            f"{store.url(key + CHECKSUM_SUFFIX)}: missing; the model has no export checksum "
+            "(export it again)"
+        ) from None
+    digest = read_checksum(text, store.url(key + CHECKSUM_SUFFIX))
     dest = Path(cache_dir) / "models" / hashlib.sha256(uri.encode()).hexdigest()[:16] / "model.pt"
-    open_store(root).get_file(key, dest)
+    store.get_file(key, dest, sha256=digest)
     return dest
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from diffar.trainer.errors import UserError
 
@@ -49,9 +50,14 @@ def _train(args: argparse.Namespace) -> int:
 
         print(format_plan(plan_run(cfg, unique_tokens=_dataset_size(cfg)), as_json=args.json))
         return 0
+    from diffar.trainer.guards import SIGTERM_EXIT, Stopped
     from diffar.trainer.train import train
 
-    train(cfg)
+    try:
+        train(cfg)
+    except Stopped as e:
+        print(e.message, file=sys.stderr, flush=True)
+        return SIGTERM_EXIT
     return 0
 
 

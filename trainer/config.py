@@ -168,6 +168,12 @@ class TrainConfig(_Strict):
     precision: Precision = Field("auto", description="auto: bf16 on CUDA, fp32 on CPU")
     zero_stage: int = Field(1, ge=0, le=3, description="DeepSpeed ZeRO stage")
     seed: int = Field(1234, ge=0)
+    max_nonfinite_steps: int = Field(
+        3,
+        ge=1,
+        le=1_000_000,
+        description="Stop the run after N consecutive steps with a NaN/Inf loss or gradient norm",
+    )
     checkpoint: CheckpointConfig = CheckpointConfig()
     validation: ValidationConfig = ValidationConfig()
     metrics: MetricsConfig = MetricsConfig()

@@ -5,6 +5,9 @@ writes `<checkpoint.dir>/export/model.pt` at the end of training (and with every
 
     {"format": "diffar-model/v1", "config": TrainConfig dict, "state_dict": fp32 tensors,
      "step": int, "tokens_seen": int, "epoch": float}
+
+and, after it, `export/model.pt.sha256` (the file's sha256 in hex), which `diffar eval` checks
+before it loads a model from a store: a partial or altered download is refused, not evaluated.
 """
 
 from __future__ import annotations
@@ -18,9 +21,12 @@ import torch
 from diffar.trainer.config import TrainConfig
 from diffar.trainer.errors import UserError
 from diffar.trainer.model import Transformer
+from diffar.trainer.shards import sha256_file
 
 FORMAT = "diffar-model/v1"
 EXPORT_NAME = "export/model.pt"
+CHECKSUM_SUFFIX = ".sha256"
+EXPORT_CHECKSUM = EXPORT_NAME + CHECKSUM_SUFFIX
 
 
 @dataclass(frozen=True)
@@ -48,6 +54,30 @@ def save_export(
     tmp = path.with_name(path.name + ".tmp")
     torch.save(payload, tmp)
     os.replace(tmp, path)
+    checksum = checksum_path(path)
+    tmp = checksum.with_name(checksum.name + ".tmp")
+    tmp.write_text(f"{sha256_file(path)}\n")
+    os.replace(tmp, checksum)
+
+
+def checksum_path(model: Path) -> Path:
+    return model.with_name(model.name + CHECKSUM_SUFFIX)
+
+
+def read_checksum(text: str, where: str) -> str:
+    digest = text.strip().lower()
+    if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+        raise UserError(f"{where}: not a sha256 checksum file")
+    return digest
+
+
+def verify_export(path: Path) -> None:
+    """The model file matches the checksum written beside it at export, or a one-line error."""
+    side = checksum_path(path)
+    if not side.is_file():
+        raise UserError(f"{side}: missing; the model has no export checksum (export it again)")
+    if sha256_file(path) != read_checksum(side.read_text(), str(side)):
+        raise UserError(f"{path}: sha256 does not match {side.name} (corrupted or altered model)")
 
 
 def load_export(path: str | Path, device: str | torch.device = "cpu") -> ExportedModel:

@@ -6,6 +6,7 @@ Metric names are a contract with the Grafana dashboards and the operator's progr
 from __future__ import annotations
 
 import json
+import math
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -64,6 +65,11 @@ class StepReport:
     eta_seconds: float
 
 
+def finite_or_none(row: dict) -> dict:
+    """JSON has no NaN or Infinity (json.dumps would write invalid JSON): those become null."""
+    return {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in row.items()}
+
+
 class TrainMetrics:
     """Prometheus gauges on a port of their own, labelled by run and objective."""
 
@@ -99,7 +105,10 @@ class TrainMetrics:
             self.port = server.server_address[1]
 
     def update(self, r: StepReport, new_tokens: int) -> None:
-        self.loss.set(r.loss)
+        # A non-finite loss or norm is not published: the operator and dashboards read these
+        # gauges as numbers (a NaN in a status patch is invalid JSON); the log line says it.
+        if math.isfinite(r.loss):
+            self.loss.set(r.loss)
         self.lr.set(r.lr)
         self.step.set(r.step)
         self.total_steps.set(r.total_steps)
@@ -107,7 +116,7 @@ class TrainMetrics:
         self.tokens.inc(new_tokens)
         self.tps.set(r.tokens_per_second)
         self.mfu.set(r.mfu)
-        if r.grad_norm is not None:
+        if r.grad_norm is not None and math.isfinite(r.grad_norm):
             self.grad_norm.set(r.grad_norm)
 
 
@@ -128,7 +137,7 @@ class ConsoleProgress:
                 loss=f"{r.loss:.4f}", epoch=f"{r.epoch:.2f}", tok_s=f"{r.tokens_per_second:,.0f}"
             )
         else:
-            print(json.dumps({"event": "train_step", **asdict(r)}), flush=True)
+            print(json.dumps({"event": "train_step", **finite_or_none(asdict(r))}), flush=True)
 
     def message(self, text: str) -> None:
         (self.bar.write if self.bar is not None else print)(text)
@@ -159,4 +168,4 @@ class LossLog:
     def write(self, rows: list[dict]) -> None:
         if self.path is not None and rows:
             with self.path.open("a") as f:
-                f.writelines(json.dumps(row) + "\n" for row in rows)
+                f.writelines(json.dumps(finite_or_none(row)) + "\n" for row in rows)

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from diffar.trainer.errors import UserError
+from diffar.trainer.errors import DiskFullError, UserError, disk_space
 
 FORMAT = "diffar-shards/v1"
 MANIFEST = "manifest.json"
@@ -88,8 +88,15 @@ def write_shard(path: Path, tokens: np.ndarray, dtype: str) -> ShardInfo:
     """Write tokens atomically (temp file, then rename) and describe the shard."""
     data = np.ascontiguousarray(tokens, dtype=np.dtype(dtype).newbyteorder("<"))
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data.tobytes())
+    try:
+        with (
+            disk_space(f"shard {path.name}", path.parent, "run the command again"),
+            open(tmp, "wb") as f,
+        ):
+            f.write(data.tobytes())
+    except DiskFullError:
+        tmp.unlink(missing_ok=True)
+        raise
     os.replace(tmp, path)
     return ShardInfo(
         name=path.name, tokens=int(data.size), sha256=hashlib.sha256(data.tobytes()).hexdigest()
@@ -98,7 +105,8 @@ def write_shard(path: Path, tokens: np.ndarray, dtype: str) -> ShardInfo:
 
 def write_manifest(directory: Path, manifest: Manifest) -> None:
     tmp = directory / (MANIFEST + ".tmp")
-    tmp.write_text(manifest.to_json())
+    with disk_space("the manifest", directory, "run the command again"):
+        tmp.write_text(manifest.to_json())
     os.replace(tmp, directory / MANIFEST)
 
 
@@ -111,6 +119,20 @@ def read_manifest(directory: str | Path) -> Manifest:
     return Manifest.from_json(path.read_text(), where=str(path))
 
 
+def _check_ids(tokens: np.ndarray, vocab_size: int, path: Path) -> None:
+    """Every id must index the vocabulary: the embedding would raise a bare IndexError on one
+    device and read out of bounds on another."""
+    if tokens.size == 0:
+        return
+    high = int(tokens.max())
+    if high >= vocab_size:
+        at = int(np.argmax(tokens >= vocab_size))
+        raise DatasetError(
+            f"{path}: token id {high} is outside the vocabulary (vocab_size {vocab_size}; first "
+            f"bad id at token {at:,} of the shard); re-prepare the dataset with its tokenizer"
+        )
+
+
 def load_tokens(
     directory: str | Path, limit: int | None = None, verify: bool = False
 ) -> np.ndarray:
@@ -118,6 +140,8 @@ def load_tokens(
     directory = Path(directory)
     manifest = read_manifest(directory)
     want = manifest.total_tokens if limit is None else limit
+    if manifest.total_tokens == 0 or not manifest.shards:
+        raise DatasetError(f"{directory}: the dataset holds no tokens; re-prepare it")
     if want > manifest.total_tokens:
         raise DatasetError(
             f"{directory}: asked for {want:,} unique tokens but the dataset holds {manifest.total_tokens:,}"
@@ -134,10 +158,16 @@ def load_tokens(
             raise DatasetError(
                 f"{path}: missing or truncated shard; re-fetch or re-prepare the dataset"
             )
+        if shard.tokens == 0:
+            raise DatasetError(
+                f"{path}: empty shard (0 tokens) listed in the manifest; re-prepare the dataset"
+            )
         if verify and sha256_file(path) != shard.sha256:
             raise DatasetError(f"{path}: sha256 does not match the manifest (corrupted shard)")
         arr = np.memmap(path, dtype=np.dtype(manifest.dtype).newbyteorder("<"), mode="r")
         take = min(shard.tokens, want - have)
-        parts.append(np.asarray(arr[:take], dtype=np.int64))
+        part = np.asarray(arr[:take], dtype=np.int64)
+        _check_ids(part, manifest.vocab_size, path)
+        parts.append(part)
         have += take
     return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)

@@ -10,9 +10,12 @@ import torch
 
 from diffar.trainer import checkpoint
 from diffar.trainer.config import TrainConfig
+from diffar.trainer.control import Control
 from diffar.trainer.distributed import DistEnv, init_distributed
 from diffar.trainer.engine import build_engine
-from diffar.trainer.export import EXPORT_NAME, save_export
+from diffar.trainer.errors import disk_space
+from diffar.trainer.export import EXPORT_CHECKSUM, EXPORT_NAME, save_export
+from diffar.trainer.guards import FiniteGuard, SigtermFlag, Stopped, TrainingDiverged
 from diffar.trainer.loader import DevicePrefetcher
 from diffar.trainer.metrics import ConsoleProgress, LossLog, StepReport, TrainMetrics, peak_flops
 from diffar.trainer.model import Transformer
@@ -59,8 +62,20 @@ def step_seed(seed: int, step: int, rank: int, micro: int) -> int:
 
 
 def train(cfg: TrainConfig) -> RunPlan:
+    sigterm = SigtermFlag()  # from the start: a SIGTERM while loading must not kill us mid-save
+    try:
+        return _train(cfg, sigterm)
+    except TrainingDiverged:
+        _shutdown()  # every rank raises it at the same step: leave the group together
+        raise
+    finally:
+        sigterm.restore()
+
+
+def _train(cfg: TrainConfig, sigterm: SigtermFlag) -> RunPlan:
     env = init_distributed()
     cfg.check_world_size(env.world_size)
+    control = Control.create(env.rank, env.world_size)
     tokens = load_unique_tokens(cfg)
     plan = plan_run(cfg, unique_tokens=len(tokens))
     objective = build_objective(cfg)
@@ -73,10 +88,7 @@ def train(cfg: TrainConfig) -> RunPlan:
         tokens, cfg.model.seq_len, cfg.global_batch, cfg.seed, env.rank, env.world_size
     )
     place = checkpoint.place_for(cfg)
-    ckpt_dir = place.local if place else None
-    if place:
-        checkpoint.pull(place)
-    position = checkpoint.load_latest(engine, ckpt_dir) if ckpt_dir else None
+    position = checkpoint.resume(engine, place, env, control) if place else None
     step, tokens_seen = 0, 0
     if position is not None:
         checkpoint.check_resumable(position, cfg, place.uri)
@@ -103,9 +115,13 @@ def train(cfg: TrainConfig) -> RunPlan:
     micro = cfg.micro_batch_for(env.world_size)
     tokens_per_step = plan.tokens_per_step
     peak = peak_flops(env.device) * env.world_size
-    pending: list[tuple[int, torch.Tensor, float]] = []  # losses stay on device until logged
+    # Losses and norms stay on the device until logged: reading them every step would make the
+    # host wait for the GPU. The divergence check reads them there, where every rank agrees.
+    pending: list[tuple[int, torch.Tensor, float, object]] = []
     window_start, window_steps = time.perf_counter(), 0
     gen = torch.Generator(device=env.device)
+    guard = FiniteGuard(cfg.max_nonfinite_steps)
+    saved_step = step
 
     while step < plan.total_steps:
         batch = batches.next_batch()
@@ -122,21 +138,18 @@ def train(cfg: TrainConfig) -> RunPlan:
         step += 1
         tokens_seen += tokens_per_step
         window_steps += 1
-        pending.append((step, step_loss / (len(batch) // micro), lr))
+        pending.append((step, step_loss / (len(batch) // micro), lr, _norm(engine)))
 
         last = step == plan.total_steps
+        stop = control.any(sigterm.raised)
         validate_now = val_windows is not None and (step % cfg.validation.interval == 0 or last)
-        if (
-            step % cfg.metrics.log_interval == 0
-            or last
-            or validate_now
-            or (ckpt_dir and step % cfg.checkpoint.interval == 0)
-        ):
-            losses = _mean_over_ranks(torch.stack([loss for _, loss, _ in pending]), env)
+        save_now = place is not None and (step % cfg.checkpoint.interval == 0 or last or stop)
+        if step % cfg.metrics.log_interval == 0 or last or validate_now or save_now or stop:
+            losses = _mean_over_ranks(torch.stack([loss for _, loss, _, _ in pending]), env)
+            norms = [None if n is None else float(n) for _, _, _, n in pending]
             elapsed = time.perf_counter() - window_start
             tps = window_steps * tokens_per_step / max(elapsed, 1e-9)
             if env.is_main:
-                grad_norm = engine.get_global_grad_norm()
                 report = StepReport(
                     step=step,
                     total_steps=plan.total_steps,
@@ -144,7 +157,7 @@ def train(cfg: TrainConfig) -> RunPlan:
                     loss=float(losses[-1]),
                     lr=pending[-1][2],
                     # DeepSpeed keeps the norm only with ZeRO or mixed precision (not stage-0 fp32).
-                    grad_norm=float(grad_norm) if grad_norm is not None else None,
+                    grad_norm=norms[-1],
                     tokens_seen=tokens_seen,
                     tokens_per_second=tps,
                     mfu=tps * plan.flops_per_token / peak,
@@ -154,15 +167,18 @@ def train(cfg: TrainConfig) -> RunPlan:
                 progress.report(report, window_steps)
                 rows = [
                     {"step": s, "loss": float(v), "lr": lr}
-                    for (s, _, lr), v in zip(pending, losses, strict=True)
+                    for (s, _, lr, _), v in zip(pending, losses, strict=True)
                 ]
                 # The window's training time (validation excluded): summed over the log it
                 # is the run's training wall time, resumes included (evaluator/results.py).
                 rows[-1]["seconds"] = round(elapsed, 4)
                 loss_log.write(rows)
+            # Raises on every rank alike once too many steps in a row were not finite.
+            for (s, _, _, _), v, n in zip(pending, losses, norms, strict=True):
+                guard.observe(s, v, n)
             pending, window_start, window_steps = [], time.perf_counter(), 0
 
-        if validate_now:
+        if validate_now and guard.healthy:
             total = validation_loss(
                 engine,
                 objective,
@@ -185,25 +201,45 @@ def train(cfg: TrainConfig) -> RunPlan:
                 )
             window_start = time.perf_counter()  # validation time is not training throughput
 
-        if ckpt_dir and (step % cfg.checkpoint.interval == 0 or last):
+        if save_now and not guard.healthy:
+            # A non-finite state is never saved: saving would also prune good checkpoints.
+            if last:
+                raise TrainingDiverged(guard.describe(step) + " at the last step; no export")
+            if env.is_main:
+                progress.message(f"step {step}: loss not finite, checkpoint skipped")
+        elif save_now and step != saved_step:
             position = checkpoint.RunPosition(
                 step, tokens_seen, batches.state_dict(), checkpoint.fingerprint(cfg)
             )
-            tag = checkpoint.save(engine, ckpt_dir, position, cfg.checkpoint.keep, env.is_main)
-            checkpoint.push(place, tag, cfg.checkpoint.keep, env.local_rank, env.is_main, _barrier)
+            tag = checkpoint.save(engine, place, position, cfg.checkpoint.keep, env, control)
+            saved_step = step
             if env.is_main:
                 metrics.last_ckpt.set_to_current_time()
-                progress.message(f"checkpoint {tag} saved to {place.uri}")
+                progress.message(f"checkpoint {tag} committed to {place.uri}")
+
+        if stop and not last:
+            _shutdown()
+            saved = f"checkpoint at step {saved_step}" if place else "no checkpoint.dir set"
+            raise Stopped(
+                f"diffar train {cfg.name}: stopped by SIGTERM at step {step} ({saved}); "
+                "run it again to resume"
+            )
 
     if place:
-        _export(engine, cfg, ckpt_dir / EXPORT_NAME, step, tokens_seen, batches.epoch, env)
+        _export(engine, cfg, place.local / EXPORT_NAME, step, tokens_seen, batches.epoch, env)
         if env.is_main:
-            checkpoint.push_file(place, EXPORT_NAME)
+            checkpoint.push_export(place, [EXPORT_NAME, EXPORT_CHECKSUM])
     if env.is_main:
         progress.close()
         progress.message(f"diffar train {cfg.name}: done, {step} steps, {tokens_seen:,} tokens")
     _shutdown()
     return plan
+
+
+def _norm(engine):
+    """This step's global gradient norm, left on the device when it is a tensor."""
+    norm = engine.get_global_grad_norm()
+    return norm.detach().clone() if isinstance(norm, torch.Tensor) else norm
 
 
 def _shutdown() -> None:
@@ -214,12 +250,6 @@ def _shutdown() -> None:
     if dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
-
-
-def _barrier() -> None:
-    import deepspeed
-
-    deepspeed.comm.barrier()
 
 
 def _mean_over_ranks(losses: torch.Tensor, env: DistEnv) -> list[float]:
@@ -239,4 +269,5 @@ def _export(
     else:
         state = engine.module.state_dict()
     if env.is_main:
-        save_export(path, state, cfg, step, tokens_seen, epoch)
+        with disk_space("the exported model", path.parent, "rerun to resume"):
+            save_export(path, state, cfg, step, tokens_seen, epoch)

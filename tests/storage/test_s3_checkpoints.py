@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from diffar.trainer import checkpoint_store as cs
 from diffar.trainer import storage
 
 
@@ -30,14 +31,14 @@ def fake_checkpoint(root: Path, tag: str, seed: int, big: bool = False) -> dict[
 def test_sync_up_prune_and_fetch_latest(bucket, tmp_path):
     remote = f"s3://{bucket}/runs/r1/ckpt"
     local = tmp_path / "node-a"
-    assert storage.fetch_latest_checkpoint(remote, tmp_path / "empty") is None
+    assert cs.fetch_latest_checkpoint(remote, tmp_path / "empty") is None
 
     saved = {}
     pruned_all = []
     for step in (100, 200, 300, 400):
         tag = f"step-{step:08d}"
         saved[tag] = fake_checkpoint(local, tag, step, big=step == 400)
-        pruned_all += storage.sync_checkpoint_up(local, remote, tag, keep=2)
+        pruned_all += cs.sync_checkpoint_up(local, remote, tag, keep=2)
     assert pruned_all == ["step-00000100", "step-00000200"]
 
     store = storage.open_store(remote)
@@ -51,23 +52,23 @@ def test_sync_up_prune_and_fetch_latest(bucket, tmp_path):
 
     # a fresh node resumes from the newest checkpoint
     other = tmp_path / "node-b"
-    assert storage.fetch_latest_checkpoint(remote, other) == "step-00000400"
+    assert cs.fetch_latest_checkpoint(remote, other) == "step-00000400"
     assert (other / "latest").read_text().strip() == "step-00000400"
     for rel, data in saved["step-00000400"].items():
         assert (other / "step-00000400" / rel).read_bytes() == data
     # calling again downloads nothing new and gives the same tag
-    assert storage.fetch_latest_checkpoint(remote, other) == "step-00000400"
+    assert cs.fetch_latest_checkpoint(remote, other) == "step-00000400"
 
 
 def test_upload_is_idempotent_and_latest_is_written_last(bucket, tmp_path, proxy):
     remote = f"s3://{bucket}/ck"
     fake_checkpoint(tmp_path, "step-00000010", 1)
-    storage.sync_checkpoint_up(tmp_path, remote, "step-00000010", keep=3)
+    cs.sync_checkpoint_up(tmp_path, remote, "step-00000010", keep=3)
     puts = [r.split("?")[0] for r in proxy.requests if r.startswith("PUT")]
     assert puts[-1].endswith("/ck/latest")
     assert puts[-2].endswith("/ck/step-00000010/.diffar-complete.json")
     n = len(proxy.requests)
-    storage.sync_checkpoint_up(tmp_path, remote, "step-00000010", keep=3)
+    cs.sync_checkpoint_up(tmp_path, remote, "step-00000010", keep=3)
     data_puts = [
         r for r in proxy.requests[n:] if r.startswith("PUT") and (".pt" in r or "extra" in r)
     ]
@@ -77,17 +78,17 @@ def test_upload_is_idempotent_and_latest_is_written_last(bucket, tmp_path, proxy
 def test_incomplete_remote_checkpoint_is_not_resumed(bucket, tmp_path):
     remote = f"s3://{bucket}/ck"
     fake_checkpoint(tmp_path / "a", "step-00000001", 1)
-    storage.sync_checkpoint_up(tmp_path / "a", remote, "step-00000001", keep=3)
+    cs.sync_checkpoint_up(tmp_path / "a", remote, "step-00000001", keep=3)
     # a later upload that died before its commit: files but no marker, `latest` unchanged
     fake_checkpoint(tmp_path / "a", "step-00000002", 2)
-    storage.upload_checkpoint_files(tmp_path / "a", remote, "step-00000002")
-    assert storage.fetch_latest_checkpoint(remote, tmp_path / "b") == "step-00000001"
+    cs.upload_checkpoint_files(tmp_path / "a", remote, "step-00000002")
+    assert cs.fetch_latest_checkpoint(remote, tmp_path / "b") == "step-00000001"
 
 
 def test_corrupted_checkpoint_file_is_refused(bucket, tmp_path, s3env):
     remote = f"s3://{bucket}/ck"
     fake_checkpoint(tmp_path / "a", "step-00000001", 1)
-    storage.sync_checkpoint_up(tmp_path / "a", remote, "step-00000001", keep=3)
+    cs.sync_checkpoint_up(tmp_path / "a", remote, "step-00000001", keep=3)
     key = "ck/step-00000001/mp_rank_00_model_states.pt"
     c = s3env.client()
     meta = c.head_object(Bucket=bucket, Key=key)["Metadata"]
@@ -95,23 +96,54 @@ def test_corrupted_checkpoint_file_is_refused(bucket, tmp_path, s3env):
     with pytest.raises(
         storage.ChecksumError, match=r"mp_rank_00_model_states\.pt: sha256 does not"
     ):
-        storage.fetch_latest_checkpoint(remote, tmp_path / "b")
+        cs.fetch_latest_checkpoint(remote, tmp_path / "b")
     assert not (tmp_path / "b" / "latest").exists()
 
 
-def test_local_checkpoint_dir_is_a_no_op(tmp_path):
+def test_local_checkpoint_dir_is_committed_in_place(tmp_path):
     fake_checkpoint(tmp_path, "step-00000005", 5)
-    assert storage.sync_checkpoint_up(tmp_path, str(tmp_path), "step-00000005", keep=1) == []
-    assert storage.fetch_latest_checkpoint(f"file://{tmp_path}", tmp_path) == "step-00000005"
-    assert storage.local_checkpoint_dir(str(tmp_path)) == tmp_path
-    assert storage.local_checkpoint_dir("s3://b/runs/x", "/c") == Path("/c/checkpoints/b/runs/x")
+    assert cs.sync_checkpoint_up(tmp_path, str(tmp_path), "step-00000005", keep=1) == []
+    assert cs.fetch_latest_checkpoint(f"file://{tmp_path}", tmp_path) == "step-00000005"
+    assert cs.local_checkpoint_dir(str(tmp_path)) == tmp_path
+    assert cs.local_checkpoint_dir("s3://b/runs/x", "/c") == Path("/c/checkpoints/b/runs/x")
 
 
 def test_checkpoint_to_a_file_uri_elsewhere(tmp_path):
     fake_checkpoint(tmp_path / "work", "step-00000005", 5)
     fake_checkpoint(tmp_path / "work", "step-00000006", 6)
     dest = f"file://{tmp_path}/backup"
-    storage.sync_checkpoint_up(tmp_path / "work", dest, "step-00000005", keep=1)
-    storage.sync_checkpoint_up(tmp_path / "work", dest, "step-00000006", keep=1)
+    cs.sync_checkpoint_up(tmp_path / "work", dest, "step-00000005", keep=1)
+    cs.sync_checkpoint_up(tmp_path / "work", dest, "step-00000006", keep=1)
     assert sorted(p.name for p in (tmp_path / "backup").iterdir()) == ["latest", "step-00000006"]
-    assert storage.fetch_latest_checkpoint(dest, tmp_path / "restore") == "step-00000006"
+    assert cs.fetch_latest_checkpoint(dest, tmp_path / "restore") == "step-00000006"
+
+
+def test_remote_prune_leaves_other_prefixes(bucket, tmp_path):
+    remote = f"s3://{bucket}/runs/r1"
+    store = storage.open_store(remote)
+    store.put_bytes("export/model.pt", b"weights")
+    store.put_bytes("export/model.pt.sha256", b"0" * 64)
+    store.put_bytes("results.json", b"{}")
+    store.put_bytes("notes/step-00000001/readme", b"not a checkpoint")
+    for step in (1, 2, 3):
+        fake_checkpoint(tmp_path, f"step-{step:08d}", step)
+        cs.sync_checkpoint_up(tmp_path, remote, f"step-{step:08d}", keep=1)
+    keys = store.list("")
+    assert {"export/model.pt", "export/model.pt.sha256", "results.json"} <= set(keys)
+    assert "notes/step-00000001/readme" in keys
+    assert sorted({k.split("/")[0] for k in keys if k.startswith("step-")}) == ["step-00000003"]
+
+
+def test_a_node_with_a_newer_uncommitted_latest_resumes_the_committed_step(bucket, tmp_path):
+    remote = f"s3://{bucket}/ck"
+    node0, node1 = tmp_path / "node0", tmp_path / "node1"
+    fake_checkpoint(node0, "step-00000010", 10)
+    cs.sync_checkpoint_up(node0, remote, "step-00000010", keep=3)
+    # node 0 saved step 20 (DeepSpeed wrote its `latest`) and uploaded; node 1's upload failed,
+    # so rank 0 never committed it
+    fake_checkpoint(node0, "step-00000020", 20)
+    cs.upload_checkpoint_files(node0, remote, "step-00000020")
+    assert (node0 / "latest").read_text().strip() == "step-00000020"
+    assert cs.fetch_latest_checkpoint(remote, node0) == "step-00000010"
+    assert cs.fetch_latest_checkpoint(remote, node1) == "step-00000010"
+    assert (node0 / "latest").read_text().strip() == "step-00000010"

@@ -248,3 +248,72 @@ def test_validation_needs_val_uri(write_config):
     result = run(diffar_cmd("train", "--config", str(cfg)))
     assert result.returncode == 2
     assert "validation.interval is set but data.val_uri is not" in result.stderr
+
+
+def test_nonfinite_loss_stops_the_run_and_keeps_the_good_checkpoint(write_config, tmp_path):
+    # A peak lr this large blows the weights up once warmup has raised it a few steps.
+    cfg = write_config(
+        optim={"lr": 1e8, "min_lr": 0.0, "warmup_fraction": 0.5},
+        max_steps=40,
+        max_nonfinite_steps=3,
+        checkpoint={"dir": str(tmp_path / "ckpt"), "interval": 1, "keep": 1},
+        metrics={"port": None, "log_interval": 1, "log_file": str(tmp_path / "loss.jsonl")},
+    )
+    result = run(diffar_cmd("train", "--config", str(cfg)))
+    assert result.returncode == 2, result.stderr[-3000:]
+    error = result.stderr.strip().splitlines()[-1]
+    assert error.startswith("diffar train: error: training diverged: 3 consecutive step(s)")
+    assert "Traceback" not in result.stderr
+    first_bad, last_bad = map(int, error.split("(steps ")[1].split(")")[0].split("-"))
+    assert last_bad == first_bad + 2 and first_bad > 1
+    steps = rows(tmp_path / "loss.jsonl")  # valid JSON: a non-finite loss is written as null
+    assert steps[-1]["step"] == last_bad and steps[-1]["loss"] is None
+    # the last finite checkpoint stays; nothing was saved, pruned or exported after it
+    tags = sorted(p.name for p in (tmp_path / "ckpt").iterdir() if p.name.startswith("step-"))
+    assert tags == [f"step-{first_bad - 1:08d}"]
+    assert (tmp_path / "ckpt" / tags[0] / ".diffar-complete.json").exists()
+    assert not (tmp_path / "ckpt" / "export").exists()
+
+
+def test_sigterm_saves_a_checkpoint_and_the_resume_is_bit_for_bit(write_config, tmp_path):
+    common = {"objective": "mdm", "epochs": 4, "model__dropout": 0.1}
+    ref = write_config(
+        **common,
+        checkpoint={"dir": str(tmp_path / "ref"), "interval": 1000},
+        metrics={"port": None, "log_interval": 5, "log_file": str(tmp_path / "ref.jsonl")},
+    )
+    assert run(diffar_cmd("train", "--config", str(ref))).returncode == 0
+    log = tmp_path / "run.jsonl"
+    cfg = write_config(
+        **common,
+        # no periodic checkpoint before the signal: only SIGTERM's own can save the progress
+        checkpoint={"dir": str(tmp_path / "ckpt"), "interval": 1000},
+        metrics={"port": None, "log_interval": 5, "log_file": str(log)},
+    )
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(
+        diffar_cmd("train", "--config", str(cfg)),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and not (log.exists() and len(rows(log)) >= 30):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 143, stderr[-3000:]
+    assert "Traceback" not in stderr
+    stopped = int(stderr.split("stopped by SIGTERM at step ")[1].split()[0])
+    assert 30 <= stopped < 156
+    assert f"(checkpoint at step {stopped})" in stderr
+    assert (tmp_path / "ckpt" / f"step-{stopped:08d}" / ".diffar-complete.json").exists()
+
+    result = run(diffar_cmd("train", "--config", str(cfg)))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"resumed at step {stopped}" in result.stdout
+    assert losses(log) == losses(tmp_path / "ref.jsonl")
+    ref_w, got_w = _final_weights(tmp_path / "ref"), _final_weights(tmp_path / "ckpt")
+    for key in ref_w:
+        assert torch.equal(ref_w[key], got_w[key]), key
