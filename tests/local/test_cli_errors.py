@@ -52,6 +52,12 @@ def test_eval_of_a_file_that_is_not_a_model(capsys, tmp_path):
     fake = tmp_path / "model.pt"
     fake.write_bytes(b"not a pickle at all\n" * 10)
     err = one_line_error(capsys, ["eval", "--model", str(fake), "--tasks", "none"])
+    assert "the model has no export checksum" in err
+    # With a matching checksum beside it, the file itself is refused for what it is.
+    from diffar.trainer.shards import sha256_file
+
+    fake.with_name("model.pt.sha256").write_text(f"{sha256_file(fake)}\n")
+    err = one_line_error(capsys, ["eval", "--model", str(fake), "--tasks", "none"])
     assert f"{fake} is not a diffar model export" in err
 
 
