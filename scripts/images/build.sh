@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Build the Dockerfile's targets with buildah, without a Docker daemon or a registry.
+#
+#   bash scripts/images/build.sh [TARGET...]     # default: operator trainer evaluator
+#
+# The bases are the stand-ins of standins.sh, passed through the Dockerfile's build arguments
+# (PYTHON_IMAGE, TORCH_DEVEL_IMAGE, TORCH_RUNTIME_IMAGE); --pull=never makes sure nothing else is
+# used. Images are tagged localhost/diffar-test/diffar-<target>:latest. --layers keeps buildah's
+# layer cache, so a rerun rebuilds only what changed: REVISION is the build context's hash, which
+# rebuilds the layer that installs the diffar wheel (and only it) when the source changes.
+#
+# What this build does not do: use the real CUDA bases, or compile flash-attn's kernels (the
+# stand-in has no nvcc; FLASH_ATTENTION_SKIP_CUDA_BUILD=TRUE builds its wheel without them).
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+cd "$ROOT"
+TARGETS=("$@")
+[[ ${#TARGETS[@]} -gt 0 ]] || TARGETS=(operator trainer evaluator)
+
+log() { echo "images: $*" >&2; }
+
+eval "$(bash scripts/images/standins.sh)"
+
+# The files .dockerignore lets into the context, hashed (the wheel's inputs and the requirements).
+REVISION="context-$(tar -c --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner \
+  --exclude=__pycache__ --exclude='*.pyc' pyproject.toml README.md trainer evaluator operator images |
+  sha256sum | cut -c1-12)"
+
+args=(
+  --isolation chroot --format docker --pull=never --layers
+  --build-arg "PYTHON_IMAGE=$PYTHON_IMAGE"
+  --build-arg "TORCH_DEVEL_IMAGE=$TORCH_IMAGE"
+  --build-arg "TORCH_RUNTIME_IMAGE=$TORCH_IMAGE"
+  --build-arg FLASH_ATTENTION_SKIP_CUDA_BUILD=TRUE
+  --build-arg "REVISION=$REVISION"
+)
+# pip inside the build trusts what the host trusts (TLS-intercepting proxies): the host's CA
+# bundle as the optional `pip-ca` secret, mounted only while a RUN uses it.
+for ca in "${PIP_CERT:-}" "${SSL_CERT_FILE:-}" /etc/ssl/certs/ca-certificates.crt; do
+  if [[ -n "$ca" && -s "$ca" ]]; then
+    args+=(--secret "id=pip-ca,src=$ca")
+    break
+  fi
+done
+
+for target in "${TARGETS[@]}"; do
+  start=$(date +%s)
+  log "building $target ($REVISION)"
+  nice -n 10 buildah build "${args[@]}" --target "$target" \
+    --tag "localhost/diffar-test/diffar-$target:latest" -f Dockerfile . \
+    >"${IMAGES_LOG_DIR:-/tmp}/diffar-image-$target.log" 2>&1 || {
+    tail -30 "${IMAGES_LOG_DIR:-/tmp}/diffar-image-$target.log" >&2
+    log "building $target failed (log: ${IMAGES_LOG_DIR:-/tmp}/diffar-image-$target.log)"
+    exit 1
+  }
+  log "built localhost/diffar-test/diffar-$target:latest in $(($(date +%s) - start))s"
+done
