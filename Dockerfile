@@ -23,6 +23,10 @@ ARG TORCH_RUNTIME_IMAGE=pytorch/pytorch:2.13.0-cuda12.8-cudnn9-runtime
 # ---------------------------------------------------------------------------------------------
 # wheel: the diffar package itself (pure Python), built once and installed --no-deps everywhere.
 FROM ${PYTHON_IMAGE} AS wheel
+# STAGE_NONCE (here and in flash-attn): the stages that a RUN --mount reads. buildah 1.28 (Debian
+# 12) bind-mounts such a stage without its files when the stage came from the layer cache, so
+# scripts/images/build.sh passes a new value each build to rebuild them. Docker leaves it empty.
+ARG STAGE_NONCE=
 WORKDIR /src
 RUN --mount=type=secret,id=pip-ca \
     if [ -s /run/secrets/pip-ca ]; then export PIP_CERT=/run/secrets/pip-ca; fi \
@@ -75,6 +79,7 @@ FROM ${TORCH_DEVEL_IMAGE} AS flash-attn
 ARG FLASH_ATTN_VERSION=2.8.3
 ARG MAX_JOBS=8
 ARG FLASH_ATTENTION_SKIP_CUDA_BUILD=FALSE
+ARG STAGE_NONCE=
 ENV FLASH_ATTN_CUDA_ARCHS="90" \
     TORCH_CUDA_ARCH_LIST="9.0" \
     FLASH_ATTENTION_FORCE_BUILD=TRUE \
@@ -116,6 +121,12 @@ COPY images/trainer/requirements.txt /usr/local/share/diffar/requirements.txt
 RUN --mount=type=secret,id=pip-ca \
     if [ -s /run/secrets/pip-ca ]; then export PIP_CERT=/run/secrets/pip-ca; fi \
  && pip install --no-cache-dir -r /usr/local/share/diffar/requirements.txt
+# flash-attn from its stage, in a RUN of its own (buildah 1.28 fails to mount two stages in
+# one RUN), before the labels: a new REVISION does not reinstall it. Its version is part of the
+# RUN, so that a layer cache keyed on the command (buildah's) sees a new one.
+ARG FLASH_ATTN_VERSION=2.8.3
+RUN --mount=type=bind,from=flash-attn,source=/wheels,target=/tmp/wheels \
+    pip install --no-cache-dir --no-deps "/tmp/wheels/flash_attn-${FLASH_ATTN_VERSION}"-*.whl
 ARG VERSION=0.1.0
 ARG REVISION=unknown
 ARG CREATED=unknown
@@ -126,9 +137,8 @@ LABEL org.opencontainers.image.title="diffar-trainer" \
       org.opencontainers.image.version="${VERSION}" \
       org.opencontainers.image.revision="${REVISION}" \
       org.opencontainers.image.created="${CREATED}"
-RUN --mount=type=bind,from=flash-attn,source=/wheels,target=/tmp/wheels \
-    --mount=type=bind,from=wheel,source=/dist,target=/tmp/dist \
-    pip install --no-cache-dir --no-deps /tmp/wheels/flash_attn-*.whl /tmp/dist/diffar-*.whl
+RUN --mount=type=bind,from=wheel,source=/dist,target=/tmp/dist \
+    pip install --no-cache-dir --no-deps /tmp/dist/diffar-*.whl
 COPY --chmod=0755 images/trainer/entrypoint.sh /usr/local/bin/diffar-trainer
 USER 10001:0
 WORKDIR /home/diffar

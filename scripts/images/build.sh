@@ -6,8 +6,10 @@
 # The bases are the stand-ins of standins.sh, passed through the Dockerfile's build arguments
 # (PYTHON_IMAGE, TORCH_DEVEL_IMAGE, TORCH_RUNTIME_IMAGE); --pull=never makes sure nothing else is
 # used. Images are tagged localhost/diffar-test/diffar-<target>:latest. --layers keeps buildah's
-# layer cache, so a rerun rebuilds only what changed: REVISION is the build context's hash, which
-# rebuilds the layer that installs the diffar wheel (and only it) when the source changes.
+# layer cache, so a rerun rebuilds only what changed. buildah 1.28 keys a RUN's cache on its
+# command and arguments, not on what it mounts: REVISION, the build context's hash, makes the
+# layer that installs the diffar wheel (and only it) rebuild when the source changes, and
+# STAGE_NONCE rebuilds the stages that are mounted (a cached one is mounted empty).
 #
 # What this build does not do: use the real CUDA bases, or compile flash-attn's kernels (the
 # stand-in has no nvcc; FLASH_ATTENTION_SKIP_CUDA_BUILD=TRUE builds its wheel without them).
@@ -34,6 +36,8 @@ args=(
   --build-arg "TORCH_RUNTIME_IMAGE=$TORCH_IMAGE"
   --build-arg FLASH_ATTENTION_SKIP_CUDA_BUILD=TRUE
   --build-arg "REVISION=$REVISION"
+  # Rebuild the stages RUN --mount reads (the wheel, flash-attn): see the Dockerfile.
+  --build-arg "STAGE_NONCE=$(date +%s%N)"
 )
 # pip inside the build trusts what the host trusts (TLS-intercepting proxies): the host's CA
 # bundle as the optional `pip-ca` secret, mounted only while a RUN uses it.

@@ -90,9 +90,17 @@ class Container:
         buildah("rm", self.name, check=False)
 
 
+class Containers(dict):
+    """One working container per image, made when first used."""
+
+    def __missing__(self, target: str) -> Container:
+        self[target] = Container(target)
+        return self[target]
+
+
 @pytest.fixture(scope="module")
-def containers() -> Iterator[dict[str, Container]]:
-    made = {t: Container(t) for t in TARGETS}
+def containers() -> Iterator[Containers]:
+    made = Containers()
     yield made
     for c in made.values():
         c.remove()
@@ -174,35 +182,28 @@ def test_no_wheel_or_requirements_left_in_any_layer(target):
 
 
 def added_layer_dirs(target: str) -> list[Path]:
-    """The overlay diff folders of the layers an image has above its FROM image."""
-    info = inspect(target)
-    storage = Path(
-        json.loads(subprocess.run(["buildah", "info"], capture_output=True, text=True).stdout)[
-            "store"
-        ]["GraphRoot"]
-    )
+    """The overlay diff folders of the layers an image has above its stand-in base, read from
+    buildah's storage (containers/storage: overlay-images/images.json, overlay-layers/)."""
+    info = json.loads(buildah("info").stdout)
+    storage = Path(info["store"]["GraphRoot"])
+    images = json.loads((storage / "overlay-images" / "images.json").read_text())
     layers = {
         layer["id"]: layer
         for layer in json.loads((storage / "overlay-layers" / "layers.json").read_text())
     }
-
-    def chain(top: str) -> list[str]:
-        out = []
-        while top:
-            out.append(top)
-            top = layers[top].get("parent", "")
-        return out
-
-    base = inspect_name(info["FromImageID"]) if info.get("FromImageID") else None
-    base_chain = set(chain(base["top"])) if base else set()
-    own = [layer for layer in chain(info["TopLayer"]) if layer not in base_chain]
+    (top,) = [i["layer"] for i in images if image(target) in (i.get("names") or [])]
+    bases = {
+        i["layer"]
+        for i in images
+        if any(n.startswith("localhost/diffar-standin/") for n in i.get("names") or [])
+    }
+    own = []
+    while top not in bases:
+        assert top, f"{target}: no stand-in base under its layers"
+        own.append(top)
+        top = layers[top].get("parent", "")
     assert own, f"{target}: no layers of its own?"
     return [storage / "overlay" / layer / "diff" for layer in own]
-
-
-def inspect_name(image_id: str) -> dict:
-    info = json.loads(buildah("inspect", "--type", "image", image_id).stdout)
-    return {"top": info["TopLayer"]}
 
 
 # --- docker format: SHELL survives -----------------------------------------------------------
@@ -276,7 +277,8 @@ def test_operator_read_only_root_healthz_and_metrics(tmp_path):
     from diffar.operator.kube import Kube
 
     manifest = yaml.safe_load((ROOT / "examples" / "diffusion-tiny-1gpu.yaml").read_text())
-    namespace = manifest["metadata"].get("namespace", "default")
+    namespace = "research"
+    manifest["metadata"]["namespace"] = namespace
     server = EmulatorServer(crdgen.crds()).start()
     kube_dir = tmp_path / "kube"
     kube_dir.mkdir()
