@@ -89,7 +89,8 @@ images:
 	    DOCKER_BUILDKIT=1 docker build $(IMAGE_ARGS) --target $$t -t $(IMAGE_REPO)/diffar-$$t:$(IMAGE_TAG) . || exit 1; done; \
 	elif command -v buildah >/dev/null; then \
 	  for t in operator trainer evaluator; do \
-	    buildah build --format docker --layers $(IMAGE_ARGS) --target $$t -t $(IMAGE_REPO)/diffar-$$t:$(IMAGE_TAG) . || exit 1; done; \
+	    buildah build --format docker --layers $(IMAGE_ARGS) --build-arg STAGE_NONCE=$$(date +%s%N) \
+	      --target $$t -t $(IMAGE_REPO)/diffar-$$t:$(IMAGE_TAG) . || exit 1; done; \
 	else echo "make images: needs a Docker engine or buildah"; exit 1; fi
 
 # All three targets of the real Dockerfile, built with buildah on stand-in bases made here

@@ -36,8 +36,6 @@ args=(
   --build-arg "TORCH_RUNTIME_IMAGE=$TORCH_IMAGE"
   --build-arg FLASH_ATTENTION_SKIP_CUDA_BUILD=TRUE
   --build-arg "REVISION=$REVISION"
-  # Rebuild the stages RUN --mount reads (the wheel, flash-attn): see the Dockerfile.
-  --build-arg "STAGE_NONCE=$(date +%s%N)"
 )
 # pip inside the build trusts what the host trusts (TLS-intercepting proxies): the host's CA
 # bundle as the optional `pip-ca` secret, mounted only while a RUN uses it.
@@ -51,7 +49,9 @@ done
 for target in "${TARGETS[@]}"; do
   start=$(date +%s)
   log "building $target ($REVISION)"
-  nice -n 10 buildah build "${args[@]}" --target "$target" \
+  # A new STAGE_NONCE for every build: the stages RUN --mount reads (the wheel, flash-attn) are
+  # rebuilt, never taken from the cache (see the Dockerfile).
+  nice -n 10 buildah build "${args[@]}" --build-arg "STAGE_NONCE=$(date +%s%N)" --target "$target" \
     --tag "localhost/diffar-test/diffar-$target:latest" -f Dockerfile . \
     >"${IMAGES_LOG_DIR:-/tmp}/diffar-image-$target.log" 2>&1 || {
     tail -30 "${IMAGES_LOG_DIR:-/tmp}/diffar-image-$target.log" >&2

@@ -509,7 +509,16 @@ def test_buildah_builds_use_the_docker_format():
     makefile = (ROOT / "Makefile").read_text()
     for line in makefile.splitlines():
         if "buildah build" in line:
-            assert "--format docker" in line, line
+            assert "--format docker" in line and "STAGE_NONCE=$$(date" in line, line
+    # buildah 1.28 mounts a cached stage empty: every buildah build gets a new STAGE_NONCE, and
+    # the stages that RUN --mount reads declare it.
+    assert 'buildah build "${args[@]}" --build-arg "STAGE_NONCE=$(date +%s%N)"' in build
+    mounted = {
+        m for r in (rest for _, rest in instructions()) for m in re.findall(r"from=([\w-]+)", r)
+    }
+    assert mounted == {"wheel", "flash-attn"}
+    for stage in mounted:
+        assert "STAGE_NONCE=" in [r for w, r in stages()[stage] if w == "ARG"], stage
 
 
 def test_stand_ins_never_take_upstream_names():
