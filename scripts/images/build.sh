@@ -2,6 +2,7 @@
 # Build the Dockerfile's targets with buildah, without a Docker daemon or a registry.
 #
 #   bash scripts/images/build.sh [TARGET...]     # default: operator trainer evaluator
+#   bash scripts/images/build.sh operator        # no torch stand-in needed: ~3 minutes cold
 #
 # The bases are the stand-ins of standins.sh, passed through the Dockerfile's build arguments
 # (PYTHON_IMAGE, TORCH_DEVEL_IMAGE, TORCH_RUNTIME_IMAGE); --pull=never makes sure nothing else is
@@ -22,7 +23,17 @@ TARGETS=("$@")
 
 log() { echo "images: $*" >&2; }
 
-eval "$(bash scripts/images/standins.sh)"
+# The torch stand-in (4 GB) only for the trainer and evaluator.
+want=python
+for target in "${TARGETS[@]}"; do
+  case "$target" in
+    operator) ;;
+    trainer | evaluator) want=torch ;;
+    *) echo "images: unknown target $target (operator, trainer, evaluator)" >&2; exit 2 ;;
+  esac
+done
+TORCH_IMAGE=""
+eval "$(bash scripts/images/standins.sh "$want")"
 
 # The files .dockerignore lets into the context, hashed (the wheel's inputs and the requirements).
 REVISION="context-$(tar -c --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner \
@@ -32,8 +43,8 @@ REVISION="context-$(tar -c --sort=name --mtime=@0 --owner=0 --group=0 --numeric-
 args=(
   --isolation chroot --format docker --pull=never --layers
   --build-arg "PYTHON_IMAGE=$PYTHON_IMAGE"
-  --build-arg "TORCH_DEVEL_IMAGE=$TORCH_IMAGE"
-  --build-arg "TORCH_RUNTIME_IMAGE=$TORCH_IMAGE"
+  --build-arg "TORCH_DEVEL_IMAGE=${TORCH_IMAGE:-none-needed}"
+  --build-arg "TORCH_RUNTIME_IMAGE=${TORCH_IMAGE:-none-needed}"
   --build-arg FLASH_ATTENTION_SKIP_CUDA_BUILD=TRUE
   --build-arg "REVISION=$REVISION"
 )

@@ -14,8 +14,10 @@
 # the image, so a rebuild happens only when an input changes. The debootstrap tarball and the
 # torch wheels are cached under $DIFFAR_IMAGES_CACHE (default ~/.cache/diffar-images).
 #
-# Prints two lines, PYTHON_IMAGE=... and TORCH_IMAGE=..., for the build to read. Needs root,
-# buildah and debootstrap (Debian packages).
+#   bash scripts/images/standins.sh [python|torch]   # torch (default): both; python: that one
+#
+# Prints PYTHON_IMAGE=... (and TORCH_IMAGE=...) for the build to read. Needs root, buildah and
+# debootstrap (Debian packages).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -24,6 +26,8 @@ SUITE=bookworm
 PACKAGES=python3,python3-venv,ca-certificates
 TORCH_REQ="torch==2.13.0"
 NICE=(nice -n 10)
+WANT="${1:-torch}"
+[[ "$WANT" == python || "$WANT" == torch ]] || { echo "usage: standins.sh [python|torch]" >&2; exit 2; }
 
 log() { echo "images: $*" >&2; }
 die() { echo "images: error: $*" >&2; exit 1; }
@@ -61,7 +65,7 @@ PYTHON_IMAGE="localhost/diffar-standin/python:3.11-$SUITE-$PY_KEY"
 TORCH_KEY="$(printf '%s\n' "$PY_KEY" "$TORCH_REQ" "$RECIPE" | key)"
 TORCH_IMAGE="localhost/diffar-standin/torch:2.13.0-$TORCH_KEY"
 fetching=""
-if ! exists "$TORCH_IMAGE" && [[ ! -f "$WHEELS/.complete" ]]; then
+if [[ "$WANT" == torch ]] && ! exists "$TORCH_IMAGE" && [[ ! -f "$WHEELS/.complete" ]]; then
   fetch_wheels &
   fetching=$!
 fi
@@ -93,6 +97,9 @@ else
   buildah commit --quiet --format docker --rm "$ctr" "$PYTHON_IMAGE" >/dev/null
 fi
 
+echo "PYTHON_IMAGE=$PYTHON_IMAGE"
+[[ "$WANT" == torch ]] || exit 0
+
 if exists "$TORCH_IMAGE"; then
   log "stand-in $TORCH_IMAGE is there"
 else
@@ -109,5 +116,4 @@ else
   buildah commit --quiet --format docker --rm "$ctr" "$TORCH_IMAGE" >/dev/null
 fi
 
-echo "PYTHON_IMAGE=$PYTHON_IMAGE"
 echo "TORCH_IMAGE=$TORCH_IMAGE"
