@@ -530,3 +530,15 @@ def test_stand_ins_never_take_upstream_names():
     assert {n for n, _ in names} == {"PYTHON_IMAGE", "TORCH_IMAGE"}
     for _, name in names:
         assert name.startswith("localhost/diffar-standin/"), name
+
+
+def test_pip_download_classifier():
+    """The CA-bundle check above is only as good as its idea of which pip reaches an index."""
+    assert _pip_downloads("pip install --no-cache-dir -r /usr/local/share/diffar/requirements.txt")
+    assert _pip_downloads("pip install --no-cache-dir setuptools==84.2.1 wheel==0.45.1")
+    assert _pip_downloads(
+        'x && pip wheel --no-deps --no-build-isolation --wheel-dir /wheels "flash-attn==2.8.3"'
+    )
+    assert not _pip_downloads("pip install --no-cache-dir --no-deps /tmp/dist/diffar-*.whl")
+    assert not _pip_downloads("pip wheel --no-cache-dir --no-deps --no-build-isolation -w /d .")
+    assert not _pip_downloads("useradd --uid 10001 diffar")
