@@ -41,7 +41,7 @@ REVISION="context-$(tar -c --sort=name --mtime=@0 --owner=0 --group=0 --numeric-
   sha256sum | cut -c1-12)"
 
 args=(
-  --isolation chroot --format docker --pull=never --layers
+  --isolation chroot --format docker --pull=never --layers --force-rm
   --build-arg "PYTHON_IMAGE=$PYTHON_IMAGE"
   --build-arg "TORCH_DEVEL_IMAGE=${TORCH_IMAGE:-none-needed}"
   --build-arg "TORCH_RUNTIME_IMAGE=${TORCH_IMAGE:-none-needed}"
