@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help venv tools reproduce quickstart test test-fast lint format bench manifests images system-deps clean
+.PHONY: help venv tools reproduce quickstart test test-fast lint format bench manifests images images-test system-deps clean
 
 help:
 	@echo "make quickstart  install, then train and compare a tiny AR and MDM on this machine"
@@ -16,7 +16,8 @@ help:
 	@echo "make bench       benchmarks under bench/ (never part of make test)"
 	@echo "make reproduce   the CPU reproduction grid, fitted, into docs/reproduction.md (~11 min)"
 	@echo "make manifests   regenerate the CRDs in crds/ and the Helm chart from the models"
-	@echo "make images      build the operator, trainer and evaluator images (needs Docker)"
+	@echo "make images      build the operator, trainer and evaluator images (Docker, else buildah)"
+	@echo "make images-test build all three on local stand-in bases with buildah and smoke-test them"
 
 # The virtualenv, installed from the pinned constraints (an unpinned resolve of this stack can
 # backtrack for 20+ minutes). torch==2.13.0 resolves to the CPU build on this kind of machine.
@@ -30,12 +31,16 @@ $(STAMP): pyproject.toml constraints.txt
 
 venv: $(STAMP)
 
-# Debian packages the integration tests use (real Prometheus and Pushgateway).
+# Debian packages the tests use: prometheus and prometheus-pushgateway (real servers), buildah
+# and debootstrap (images-test builds the Dockerfile without a Docker daemon).
+SYSTEM_PACKAGES := prometheus prometheus-pushgateway buildah debootstrap
 system-deps:
-	@if ! command -v prometheus >/dev/null || ! command -v prometheus-pushgateway >/dev/null; then \
+	@missing=""; for c in prometheus prometheus-pushgateway buildah debootstrap; do \
+	  command -v $$c >/dev/null || [ -x /usr/sbin/$$c ] || missing="$$missing $$c"; done; \
+	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus prometheus-pushgateway >/dev/null; \
-	  else echo "install Debian packages prometheus and prometheus-pushgateway (needs root)"; exit 1; fi; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(SYSTEM_PACKAGES) >/dev/null; \
+	  else echo "install Debian packages$$missing (needs root)"; exit 1; fi; \
 	fi
 	@# The Debian packages start their daemons on the default ports; the tests start their own.
 	@-if command -v systemctl >/dev/null; then systemctl stop prometheus prometheus-pushgateway 2>/dev/null; fi; true
@@ -70,9 +75,35 @@ bench: $(STAMP)
 manifests: $(STAMP)
 	$(BIN)/diffar crds --out crds --out charts/diffar/crds --reference docs/crd-reference.md
 
-# Needs a Docker engine (none on the development machines: there the Dockerfile is linted only).
+# The real images (CUDA bases pulled from their registries): with a Docker engine, else buildah.
+# The host's CA bundle goes to pip in the build as the optional `pip-ca` secret.
+comma := ,
+IMAGE_REPO ?= ghcr.io/diffar
+IMAGE_TAG ?= 0.1.0
+PIP_CA ?= $(firstword $(wildcard /etc/ssl/certs/ca-certificates.crt))
+IMAGE_ARGS = --build-arg VERSION=$(IMAGE_TAG) --build-arg REVISION=$$(git rev-parse HEAD) \
+	--build-arg CREATED=$$(date -u +%FT%TZ) $(if $(PIP_CA),--secret id=pip-ca$(comma)src=$(PIP_CA))
 images:
-	for t in operator trainer evaluator; do docker build --target $$t -t ghcr.io/diffar/diffar-$$t:0.1.0 . || exit 1; done
+	@if command -v docker >/dev/null && docker info >/dev/null 2>&1; then \
+	  for t in operator trainer evaluator; do \
+	    DOCKER_BUILDKIT=1 docker build $(IMAGE_ARGS) --target $$t -t $(IMAGE_REPO)/diffar-$$t:$(IMAGE_TAG) . || exit 1; done; \
+	elif command -v buildah >/dev/null; then \
+	  for t in operator trainer evaluator; do \
+	    buildah build --format docker --layers $(IMAGE_ARGS) --build-arg STAGE_NONCE=$$(date +%s%N) \
+	      --target $$t -t $(IMAGE_REPO)/diffar-$$t:$(IMAGE_TAG) . || exit 1; done; \
+	else echo "make images: needs a Docker engine or buildah"; exit 1; fi
+
+# The targets of the real Dockerfile (IMAGES, default all three), built with buildah on stand-in
+# bases made here (debootstrap; no registry image is pulled), then smoke-tested. Root; see
+# images/README.md. `make images-test IMAGES=operator` needs no torch stand-in.
+IMAGES ?= operator trainer evaluator
+empty :=
+space := $(empty) $(empty)
+images-test: $(STAMP) system-deps
+	@start=$$(date +%s); bash scripts/images/build.sh $(IMAGES) && \
+	  $(BIN)/python -m pytest -q scripts/images/test_smoke.py -k "$(subst $(space), or ,$(strip $(IMAGES)))"; rc=$$?; \
+	  buildah images --format '{{.Name}}:{{.Tag}} {{.Size}}' | grep -E 'diffar-(test|standin)' || true; \
+	  echo "images-test: $$(( $$(date +%s) - start ))s"; exit $$rc
 
 quickstart: $(STAMP)
 	$(BIN)/diffar quickstart

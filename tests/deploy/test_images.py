@@ -1,6 +1,12 @@
-"""The Dockerfile: no base image can be pulled here, so the images are linted and checked, not built.
+"""The Dockerfile, read: lints and checks that need no build (`make images-test` builds the three
+images on stand-in bases and smoke-tests them: scripts/images/test_smoke.py).
 
 - hadolint passes;
+- defects a build on stand-in bases found, each kept out by a check here: flash-attn's
+  architectures come from FLASH_ATTN_CUDA_ARCHS; no wheel or requirements file is copied into a
+  layer (RUN --mount binds them); every `--no-build-isolation` build has setuptools and wheel;
+  every pip that downloads can use the host's CA bundle (the optional `pip-ca` secret); buildah
+  builds with the docker format (the OCI one drops SHELL);
 - each final target (operator, trainer, evaluator) runs as a non-root user, carries the OCI
   labels, and has an entrypoint that is a real command of the package;
 - every file the Dockerfile copies from the build context exists and .dockerignore lets it in;
@@ -384,3 +390,155 @@ def test_image_requirements_cover_the_code(image):
         if not candidates & reqs:
             missing[name] = sorted(candidates)
     assert missing == {}, "run images/lock.py after adding these to its IMAGES table"
+
+
+# --- defects found by building on stand-in bases (issue 17) ----------------------------------
+
+FINAL_STAGES = ("operator", "runtime-base", "trainer", "evaluator")
+
+
+def _runs(stage: str) -> list[str]:
+    return [rest for w, rest in stages()[stage] if w == "RUN"]
+
+
+def _env(stage: str) -> dict[str, str]:
+    env = {}
+    for word, rest in stages()[stage]:
+        if word == "ENV":
+            for item in shlex.split(rest):
+                key, _, value = item.partition("=")
+                env[key] = value
+    return env
+
+
+def test_flash_attn_is_built_for_sm90_only():
+    """flash-attn 2.8's setup.py reads FLASH_ATTN_CUDA_ARCHS (default 80;90;100;120), not
+    TORCH_CUDA_ARCH_LIST; the docs say which variable does what."""
+    env = _env("flash-attn")
+    assert env["FLASH_ATTN_CUDA_ARCHS"] == "90"
+    assert env["TORCH_CUDA_ARCH_LIST"] == "9.0"
+    assert env["FLASH_ATTENTION_FORCE_BUILD"] == "TRUE"
+    version = [r for w, r in stages()["flash-attn"] if w == "ARG" and "FLASH_ATTN_VERSION" in r]
+    assert version == ["FLASH_ATTN_VERSION=2.8.3"], "re-check the variable for another version"
+    # The stand-in switch defaults to a real compile.
+    assert "FLASH_ATTENTION_SKIP_CUDA_BUILD=FALSE" in [
+        r for w, r in stages()["flash-attn"] if w == "ARG"
+    ]
+    readme = (ROOT / "images" / "README.md").read_text()
+    assert "FLASH_ATTN_CUDA_ARCHS" in readme
+    assert not re.search(r"TORCH_CUDA_ARCH_LIST[^.]*sm_90 only", readme + DOCKERFILE.read_text())
+
+
+def test_no_wheel_is_copied_into_a_layer():
+    """Wheels reach the final stages through RUN --mount=type=bind only: a file copied in and
+    deleted by a later RUN stays in the earlier layer."""
+    for stage in FINAL_STAGES:
+        for word, rest in stages()[stage]:
+            if word in ("COPY", "ADD"):
+                assert "--from=" not in rest, f"{stage}: {word} {rest}"
+                assert ".whl" not in rest and "/tmp" not in rest, f"{stage}: {word} {rest}"
+        for run_ in _runs(stage):
+            assert "rm -rf /tmp" not in run_, f"{stage}: cleanup means something was copied in"
+            for path in re.findall(r"(/tmp/\w+)/\S*\.whl", run_):
+                assert f"target={path}" in run_, f"{stage}: {path} is not a bind mount"
+
+
+def test_no_build_isolation_has_its_build_requirements():
+    """`pip wheel --no-build-isolation` builds with what the stage has: flash-attn's setup.py
+    imports setuptools and wheel (and packaging, psutil, ninja), so they are installed first."""
+    found = 0
+    for stage in stages():
+        installed = ""
+        for run_ in _runs(stage):
+            if "--no-build-isolation" in run_:
+                found += 1
+                before = installed + run_.split("--no-build-isolation")[0]
+                for package in ("setuptools==", "wheel=="):
+                    assert package in before, f"{stage}: {package[:-2]} not installed first"
+                if "flash-attn" in run_:
+                    for package in ("packaging==", "psutil==", "ninja=="):
+                        assert package in before, f"{stage}: {package[:-2]} not installed first"
+            installed += run_
+    assert found == 2  # the diffar wheel and flash-attn
+
+
+def _pip_downloads(run_: str) -> bool:
+    """Whether a RUN has a pip command that reaches an index (not only local files with --no-deps)."""
+    for segment in re.split(r"&&|;", run_):
+        words = shlex.split(segment.replace("\\", " "))
+        if "pip" not in words:
+            continue
+        words = words[words.index("pip") + 1 :]
+        if not words or words[0] not in ("install", "wheel"):
+            continue
+        if "--no-deps" not in words or "-r" in words:
+            return True
+        takes_value = {"--wheel-dir", "-r", "--find-links", "-c"}
+        args = [
+            w
+            for i, w in enumerate(words[1:], 1)
+            if not w.startswith("-") and words[i - 1] not in takes_value
+        ]
+        if any(not a.startswith(("/", ".")) for a in args):
+            return True
+    return False
+
+
+def test_pip_that_downloads_can_use_the_host_ca_bundle():
+    """Every RUN whose pip reaches an index mounts the optional `pip-ca` secret and points pip at
+    it when present; the build scripts pass the host's bundle."""
+    downloads = 0
+    for stage in stages():
+        for run_ in _runs(stage):
+            if _pip_downloads(run_):
+                downloads += 1
+                assert "--mount=type=secret,id=pip-ca" in run_, run_
+                assert "PIP_CERT=/run/secrets/pip-ca" in run_, run_
+    assert downloads == 5  # wheel (setuptools), operator, flash-attn, trainer, evaluator
+    build = (ROOT / "scripts" / "images" / "build.sh").read_text()
+    assert '--secret "id=pip-ca,src=$ca"' in build
+    assert "--secret id=pip-ca" in (ROOT / "Makefile").read_text()
+
+
+def test_buildah_builds_use_the_docker_format():
+    """The OCI image format has no SHELL: buildah drops runtime-base's bash -o pipefail."""
+    assert any(w == "SHELL" for w, _ in stages()["runtime-base"])
+    build = (ROOT / "scripts" / "images" / "build.sh").read_text()
+    assert "--format docker" in build and "--pull=never" in build
+    assert "--isolation chroot" in build
+    makefile = (ROOT / "Makefile").read_text()
+    for line in makefile.splitlines():
+        if "buildah build" in line:
+            assert "--format docker" in line and "STAGE_NONCE=$$(date" in line, line
+    # buildah 1.28 mounts a cached stage empty: every buildah build gets a new STAGE_NONCE, and
+    # the stages that RUN --mount reads declare it.
+    assert 'buildah build "${args[@]}" --build-arg "STAGE_NONCE=$(date +%s%N)"' in build
+    mounted = {
+        m for r in (rest for _, rest in instructions()) for m in re.findall(r"from=([\w-]+)", r)
+    }
+    assert mounted == {"wheel", "flash-attn"}
+    for stage in mounted:
+        assert "STAGE_NONCE=" in [r for w, r in stages()[stage] if w == "ARG"], stage
+
+
+def test_stand_ins_never_take_upstream_names():
+    """The stand-in bases are localhost/diffar-standin/*: a build that pulled the real base would
+    never silently get a stand-in, and a stand-in is never mistaken for the real one."""
+    text = (ROOT / "scripts" / "images" / "standins.sh").read_text()
+    assert "buildah tag" not in text
+    names = re.findall(r'(\w+_IMAGE)="([^"]+)"', text)
+    assert {n for n, _ in names} == {"PYTHON_IMAGE", "TORCH_IMAGE"}
+    for _, name in names:
+        assert name.startswith("localhost/diffar-standin/"), name
+
+
+def test_pip_download_classifier():
+    """The CA-bundle check above is only as good as its idea of which pip reaches an index."""
+    assert _pip_downloads("pip install --no-cache-dir -r /usr/local/share/diffar/requirements.txt")
+    assert _pip_downloads("pip install --no-cache-dir setuptools==84.2.1 wheel==0.45.1")
+    assert _pip_downloads(
+        'x && pip wheel --no-deps --no-build-isolation --wheel-dir /wheels "flash-attn==2.8.3"'
+    )
+    assert not _pip_downloads("pip install --no-cache-dir --no-deps /tmp/dist/diffar-*.whl")
+    assert not _pip_downloads("pip wheel --no-cache-dir --no-deps --no-build-isolation -w /d .")
+    assert not _pip_downloads("useradd --uid 10001 diffar")
