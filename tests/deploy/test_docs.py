@@ -140,11 +140,29 @@ def doc_commands(path: Path) -> list[Command]:
             pending = strip_comment(pending)
             if pending.strip():
                 rel = str(path.relative_to(ROOT))
-                for part in re.split(r";\s*|\s&&\s", pending.strip()):
+                for part in split_commands(pending.strip()):
                     if part.strip():
                         out.append(Command(rel, at, part.strip()))
             pending = ""
     return out
+
+
+def split_commands(line: str) -> list[str]:
+    """The commands of a shell line: split at `;` and ` && ` outside quotes."""
+    parts, quote, start, i = [], None, 0, 0
+    while i < len(line):
+        ch = line[i]
+        if quote:
+            quote = None if ch == quote else quote
+        elif ch in "'\"":
+            quote = ch
+        elif ch == ";" or line.startswith(" && ", i):
+            parts.append(line[start:i])
+            i += 1 if ch == ";" else 4
+            start = i
+            continue
+        i += 1
+    return [*parts, line[start:]]
 
 
 def strip_comment(line: str) -> str:
