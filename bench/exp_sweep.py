@@ -13,6 +13,7 @@ import itertools
 import json
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -53,6 +54,43 @@ def batch(which: str, root: Path) -> list[tuple[str, list[str]]]:
                     unique=U,
                     seed=1,
                     time_sampling="stratified",
+                )
+            )
+    elif which == "mini":
+        # The 3-seed configuration that fits a crowded 2-core machine: U = 4k tokens of the
+        # 257-id BPE, h64 x 2 (about 8 parameters per unique token without the embedding).
+        d = str(root / DATA["v256"])
+        shape = {"unique": 4096, "dim": 64, "layers": 2, "heads": 2, "vocab_size": 257}
+        for seed in (1, 2, 3):
+            tag = "u4k-v256-h64x2"
+            runs.append(
+                run_args(
+                    f"{tag}-mdmS-lr1e-3-s{seed}",
+                    d,
+                    "mdm",
+                    200,
+                    8,
+                    lr=1e-3,
+                    seed=seed,
+                    time_sampling="stratified",
+                    val_samples=4,
+                    **shape,
+                )
+            )
+            runs.append(
+                run_args(f"{tag}-ar-lr1e-3-s{seed}", d, "ar", 60, 2, lr=1e-3, seed=seed, **shape)
+            )
+            runs.append(
+                run_args(
+                    f"{tag}-armask0.25-lr1e-3-s{seed}",
+                    d,
+                    "ar-mask",
+                    60,
+                    2,
+                    lr=1e-3,
+                    seed=seed,
+                    input_mask_rate=0.25,
+                    **shape,
                 )
             )
     elif which.startswith("sweep:"):
@@ -123,13 +161,30 @@ def main() -> None:
     ap.add_argument("batch", nargs="+")
     ap.add_argument("--root", default="runs/exp")
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument(
+        "--after", type=int, help="a running process: the last worker waits until it exits"
+    )
     args = ap.parse_args()
     root = Path(args.root)
     runs = [r for b in args.batch for r in batch(b, root)]
     todo = [(n, a) for n, a in runs if not complete(root / "results" / f"{n}.jsonl")]
     print(f"{len(runs)} runs, {len(todo)} to do", flush=True)
 
+    slots = threading.Semaphore(args.workers - (1 if args.after else 0))
+    if args.after:
+
+        def release_when_done(pid: int) -> None:
+            while Path(f"/proc/{pid}").exists():
+                time.sleep(5)
+            slots.release()
+
+        threading.Thread(target=release_when_done, args=(args.after,), daemon=True).start()
+
     def one(item):
+        with slots:
+            run_one(item)
+
+    def run_one(item):
         name, a = item
         out = root / "results" / f"{name}.jsonl"
         t0 = time.time()

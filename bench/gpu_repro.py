@@ -81,8 +81,8 @@ def load_configs(manifests: Path, data: Path, smoke: bool):
         if smoke:
             # Seconds on a CPU: the same code path at a toy size.
             raw["model"].update(preset=None, dim=32, n_layers=1, n_heads=2, seq_len=64)
-            raw["data"]["unique_tokens"] = 4096
-            raw["epochs"] = 3 if cfg.objective == "ar" else 6
+            raw["data"]["unique_tokens"] = 2048
+            raw["epochs"] = 2 if cfg.objective == "ar" else 4
             raw["global_batch"] = raw["micro_batch"] = 8
         out.append((path.stem, type(cfg).model_validate(raw)))
     return out
@@ -144,7 +144,7 @@ def main() -> None:
     ap.add_argument("--seeds", default="1,2,3")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--val-samples", type=int, default=32, help="MDM ELBO draws (the paper's 32)")
-    ap.add_argument("--evals", type=int, default=20, help="validations per run")
+    ap.add_argument("--evals", type=int, default=12, help="validations per run")
     ap.add_argument("--prepare", action="store_true", help="prepare --data and exit (network)")
     ap.add_argument("--smoke", action="store_true", help="toy sizes, seconds on a CPU")
     args = ap.parse_args()
@@ -159,6 +159,8 @@ def main() -> None:
     import torch
     from exp_crossover import train_and_validate, validation_windows
 
+    if args.smoke:
+        torch.set_num_threads(1)  # a shared CPU: one core's worth, like the CPU experiments
     device = args.device
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
