@@ -21,10 +21,19 @@ def load(results: Path) -> dict[str, list[dict]]:
     groups: dict[str, list[dict]] = {}
     for path in sorted(results.glob("*.jsonl")):
         lines = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
-        if not lines or "best" not in lines[-1]:
-            continue  # unfinished or stopped
-        meta = lines[0]["meta"]
         curve = [r for r in lines if "val" in r]
+        if not curve:
+            continue
+        meta = lines[0]["meta"]
+        stopped = "best" not in lines[-1]  # stopped early to free the cores: its curve so far
+        if stopped:
+            top = min(curve, key=lambda r: r["val"]["padded"])
+            lines.append(
+                {
+                    "best": {**top["val"], "epoch": top["epoch"]},
+                    "train_seconds": curve[-1]["train_seconds"],
+                }
+            )
         group = path.stem.rsplit("-s", 1)[0]
         groups.setdefault(group, []).append(
             {
@@ -33,6 +42,7 @@ def load(results: Path) -> dict[str, list[dict]]:
                 "best": lines[-1]["best"],
                 "name": path.stem,
                 "seconds": lines[-1]["train_seconds"],
+                "stopped_at": curve[-1]["epoch"] if stopped else None,
             }
         )
     return groups
@@ -59,11 +69,18 @@ def table(groups: dict[str, list[dict]]) -> tuple[str, dict]:
         m = runs[0]["meta"]
         args = m.get("args", m)
         tps = [r["curve"][-1]["tokens_per_second"] for r in runs]
+        stops = [round(r["stopped_at"]) for r in runs if r["stopped_at"] is not None]
         out[name] = {"seeds": len(runs), "padded": pad, "text": txt, "best_epochs": ep}
+        if stops:
+            out[name]["stopped_at_epoch"] = stops
+        epochs = f"{args['epochs']:g}" + (f" (stopped at {stops[0]})" if stops else "")
+
+        def pm(v: tuple[float, float]) -> str:
+            return f"{v[0]:.3f}" + ("" if math.isnan(v[1]) else f" ± {v[1]:.3f}")
+
         rows.append(
             f"| {name} | {len(runs)} | {m['params'] / 1e3:.0f}k | {m['unique_tokens']:,} | "
-            f"{args['epochs']:g} | {pad[0]:.3f} ± {pad[1]:.3f} | {txt[0]:.3f} ± {txt[1]:.3f} | "
-            f"{ep} | {min(tps):,.0f}-{max(tps):,.0f} |"
+            f"{epochs} | {pm(pad)} | {pm(txt)} | {ep} | {min(tps):,.0f}-{max(tps):,.0f} |"
         )
     return "\n".join(rows) + "\n", out
 
@@ -86,7 +103,8 @@ def plot(groups: dict[str, list[dict]], png: Path) -> None:
             for i, r in enumerate(runs):
                 xs = [p["tokens"] for p in r["curve"]]
                 ys = [p["val"]["padded"] for p in r["curve"]]
-                ax.plot(xs, ys, color=color, lw=1, alpha=0.7, label=kind if i == 0 else None)
+                style = ":" if r["stopped_at"] is not None else "-"
+                ax.plot(xs, ys, style, color=color, lw=1, alpha=0.7, label=kind if i == 0 else None)
         ax.set_xscale("log")
         ax.set_title(cfg, fontsize=9)
         ax.set_xlabel("training tokens (= compute: same model)")

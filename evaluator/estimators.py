@@ -225,7 +225,9 @@ def masked_ce_over_p(
 ) -> torch.Tensor:
     """Per row: sum over masked positions of CE / p -> (B,) float64. Row by row this is
     `mdm_loss_from_logits(...) * L` (a test holds them equal); vectorised for scoring."""
-    ce = F.cross_entropy(logits.flatten(0, 1), clean.flatten(), reduction="none").view_as(clean)
+    # Unscored positions may hold ids past the softmax (mask padding): score them as id 0.
+    targets = torch.where(masked, clean, 0)
+    ce = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none").view_as(clean)
     return (torch.where(masked, ce, 0.0).sum(-1).double() / p.double()).cpu()
 
 

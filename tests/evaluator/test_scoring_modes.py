@@ -179,8 +179,9 @@ def test_continuation_elbo_unpadded_and_mask_padded(masking):
 
 
 def test_unmask_by_confidence_fills_only_the_span_and_leaves_padding():
-    fills = est.unmask_by_confidence(MODEL, [PADDED_SEQ, CTX + CONT], [2, 2], V, MASK, ends=[4, 4])
-    assert [len(f) for f in fills] == [2, 2]
+    other = [2, 2, 0, 1, 0, MASK]  # a longer answer: its span ends at 5
+    fills = est.unmask_by_confidence(MODEL, [PADDED_SEQ, other], [2, 2], V, MASK, ends=[4, 5])
+    assert [len(f) for f in fills] == [2, 3]
     assert all(0 <= t < V for f in fills for t in f)
     # Brute force of the greedy rule for the padded row: fill the more confident position first.
     x = [*PADDED_SEQ[:2], MASK, MASK, *PADDED_SEQ[4:]]
