@@ -91,15 +91,22 @@ def plot(groups: dict[str, list[dict]], png: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    configs = sorted({g.split("-ar")[0].split("-mdm")[0] for g in groups})
-    fig, axes = plt.subplots(1, len(configs), figsize=(4.2 * len(configs), 3.4), dpi=80)
+    # A panel per configuration that has at least one finished run.
+    configs = sorted(
+        {
+            g.split("-ar")[0].split("-mdm")[0]
+            for g, runs in groups.items()
+            if any(r["stopped_at"] is None for r in runs)
+        }
+    )
+    fig, axes = plt.subplots(1, len(configs), figsize=(4.2 * len(configs), 3.4), dpi=70)
     axes = [axes] if len(configs) == 1 else axes
     for ax, cfg in zip(axes, configs, strict=True):
         for name, runs in sorted(groups.items()):
             if not name.startswith(cfg + "-"):
                 continue
             kind = name[len(cfg) + 1 :]
-            color = "C3" if kind.startswith("mdm") else "C2" if "mask" in kind else "C0"
+            color = {"mdmS": "C3", "mdmI": "C1"}.get(kind[:4], "C2" if "mask" in kind else "C0")
             for i, r in enumerate(runs):
                 xs = [p["tokens"] for p in r["curve"]]
                 ys = [p["val"]["padded"] for p in r["curve"]]

@@ -93,6 +93,25 @@ def batch(which: str, root: Path) -> list[tuple[str, list[str]]]:
                     **shape,
                 )
             )
+    elif which == "mini-iid":
+        # The same MDM runs with the paper's i.i.d. t: what stratified t is worth.
+        d = str(root / DATA["v256"])
+        shape = {"unique": 4096, "dim": 64, "layers": 2, "heads": 2, "vocab_size": 257}
+        for seed in (1, 2, 3):
+            runs.append(
+                run_args(
+                    f"u4k-v256-h64x2-mdmI-lr1e-3-s{seed}",
+                    d,
+                    "mdm",
+                    200,
+                    8,
+                    lr=1e-3,
+                    seed=seed,
+                    time_sampling="iid",
+                    val_samples=4,
+                    **shape,
+                )
+            )
     elif which.startswith("sweep:"):
         # sweep:DATA:U:dim:layers:heads:ar_epochs:mdm_epochs:lrs:seeds:maskrates
         _, data, U, dim, layers, heads, ar_ep, mdm_ep, lrs, seeds, masks = which.split(":")
