@@ -93,6 +93,39 @@ def batch(which: str, root: Path) -> list[tuple[str, list[str]]]:
                     **shape,
                 )
             )
+    elif which == "mini-lr":
+        # The seeded configuration's second learning rate (seed 1), for every objective.
+        d = str(root / DATA["v256"])
+        shape = {"unique": 4096, "dim": 64, "layers": 2, "heads": 2, "vocab_size": 257}
+        tag = "u4k-v256-h64x2"
+        runs.append(
+            run_args(
+                f"{tag}-mdmS-lr3e-3-s1",
+                d,
+                "mdm",
+                200,
+                8,
+                lr=3e-3,
+                seed=1,
+                time_sampling="stratified",
+                val_samples=4,
+                **shape,
+            )
+        )
+        runs.append(run_args(f"{tag}-ar-lr3e-3-s1", d, "ar", 60, 2, lr=3e-3, seed=1, **shape))
+        runs.append(
+            run_args(
+                f"{tag}-armask0.25-lr3e-3-s1",
+                d,
+                "ar-mask",
+                60,
+                2,
+                lr=3e-3,
+                seed=1,
+                input_mask_rate=0.25,
+                **shape,
+            )
+        )
     elif which == "mini-iid":
         # The same MDM runs with the paper's i.i.d. t: what stratified t is worth.
         d = str(root / DATA["v256"])
