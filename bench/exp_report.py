@@ -110,7 +110,8 @@ def plot(groups: dict[str, list[dict]], png: Path) -> None:
             for i, r in enumerate(runs):
                 xs = [p["tokens"] for p in r["curve"]]
                 ys = [p["val"]["padded"] for p in r["curve"]]
-                style = ":" if r["stopped_at"] is not None else "-"
+                # dotted: stopped early; dashed: the higher of two learning rates
+                style = ":" if r["stopped_at"] is not None else "--" if "lr3e-3" in kind else "-"
                 ax.plot(xs, ys, style, color=color, lw=1, alpha=0.7, label=kind if i == 0 else None)
         ax.set_xscale("log")
         ax.set_title(cfg, fontsize=9)
