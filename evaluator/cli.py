@@ -33,7 +33,21 @@ def _register_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--samples", type=int, help="Monte Carlo samples for MDM ELBOs (default 32)")
     p.add_argument("--val-sequences", type=int, help="validation windows to score (default 256)")
     p.add_argument("--chain-rule-sequences", type=int, help="windows for the MDM chain rule")
-    p.add_argument("--mdm-scoring", choices=["elbo", "chain_rule"], help="MDM answer scoring")
+    p.add_argument(
+        "--mdm-scoring",
+        choices=["elbo", "chain_rule"],
+        help="MDM answer scoring (default chain_rule, the paper's main script)",
+    )
+    p.add_argument(
+        "--mdm-padding",
+        choices=["mask", "none"],
+        help="MDM task inputs padded to seq_len with mask tokens (default, the paper's) or not",
+    )
+    p.add_argument(
+        "--softmax-vocab",
+        choices=["padded", "text"],
+        help="task scoring over the padded vocabulary (default, the paper's) or the text ids",
+    )
     p.add_argument(
         "--elbo-masking",
         choices=["rate", "count"],
@@ -67,6 +81,8 @@ def eval_config_from_args(args: argparse.Namespace):
         "val_sequences",
         "chain_rule_sequences",
         "mdm_scoring",
+        "mdm_padding",
+        "softmax_vocab",
         "elbo_masking",
         "batch_size",
         "device",

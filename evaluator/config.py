@@ -55,8 +55,11 @@ class EvalConfig(BaseModel):
         description="MDM ELBO masks: rate (training's: each token masked with probability p) or "
         "count (exactly m of n tokens, m uniform in 1..n: same bound, lower variance)",
     )
-    chain_rule_sequences: int = Field(
-        8, ge=0, description="Validation windows for the MDM chain-rule NLL (L passes each; 0: off)"
+    chain_rule_sequences: int | None = Field(
+        None,
+        ge=0,
+        description="Validation windows for the MDM chain-rule NLL (L passes each): null, the "
+        "ELBO's windows; n, the first n (the ELBO is then also reported on them); 0: off",
     )
     tasks: list[str] = Field(
         list(DEFAULT_TASKS), description="Downstream tasks, or paths of JSONL task files"
@@ -69,7 +72,19 @@ class EvalConfig(BaseModel):
         "wall time, tokens/s, the validation curve)",
     )
     mdm_scoring: Literal["elbo", "chain_rule"] = Field(
-        "elbo", description="How an MDM scores an answer: Monte Carlo ELBO or exact chain rule"
+        "chain_rule",
+        description="How an MDM scores an answer: exact chain rule (the paper's main script) or "
+        "Monte Carlo ELBO",
+    )
+    mdm_padding: Literal["mask", "none"] = Field(
+        "mask",
+        description="MDM task inputs: padded to the sequence length with mask tokens (the "
+        "paper's) or scored as they are",
+    )
+    softmax_vocab: Literal["padded", "text"] = Field(
+        "padded",
+        description="Task scoring's softmax over the padded vocabulary (the paper's) or the "
+        "tokenizer's ids; validation reports both",
     )
     batch_size: int = Field(16, ge=1, description="Rows per forward pass")
     device: str = Field("auto", description="auto (cuda when available), cpu, cuda, cuda:1, ...")

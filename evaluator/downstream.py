@@ -3,8 +3,13 @@
 Multiple choice: each choice's log-likelihood given its context. AR: the exact summed
 log-probability (requests sorted by length and batched, right-padded). MDM: a Monte Carlo ELBO of
 the answer given the clean context (stratified t, `samples` draws, batched as one row per draw),
-or with scoring="chain_rule" the exact left-to-right likelihood. acc picks the highest
-log-likelihood; acc_norm divides by the choice's length in characters (lm-eval's acc_norm).
+or with scoring="chain_rule" the exact left-to-right likelihood. An MDM sees its whole input, so
+what follows the answer matters: padding="none" scores context+answer as they are (rows of one
+length batched together); padding="mask" fills the rest of the sequence length with mask tokens,
+as the paper's evaluation does (the model was trained on full-length rows). The paper's main
+script scores with the chain rule on mask-padded rows (`PAPER_MDM_SCORING`). acc picks the
+highest log-likelihood; acc_norm divides by the choice's length in characters (lm-eval's
+acc_norm).
 LAMBADA: exact match of the last word's tokens; AR greedy (argmax at every target position,
 teacher-forced, as lm-eval counts it), MDM by unmasking the target positions one at a time, the
 most confident first.
@@ -46,6 +51,11 @@ def encode_pair(tok: Tokenizer, context: str, continuation: str) -> tuple[list[i
     return ctx, whole[len(ctx) :]
 
 
+PAPER_MDM_SCORING = ("chain_rule", "mask")  # (scoring, padding) of the paper's main script
+SCORINGS = ("elbo", "chain_rule")
+PADDINGS = ("none", "mask")
+
+
 def _fit(ctx: list[int], cont: list[int], width: int) -> tuple[list[int], int]:
     """The last `width` tokens of ctx+cont and where the continuation starts in them (>= 1)."""
     seq = (ctx + cont)[-width:]
@@ -61,6 +71,8 @@ def score_task(
     seq_len: int,
     mask_id: int | None = None,
     scoring: str = "elbo",
+    padding: str = "none",
+    softmax_vocab: int | None = None,
     masking: str = "rate",
     samples: int = 32,
     eps: float = 1e-3,
@@ -68,9 +80,15 @@ def score_task(
     seed: int = 0,
     show_progress: bool = False,
 ) -> dict:
-    """Accuracy metrics of one task: {"acc", "acc_stderr", ["acc_norm", "acc_norm_stderr"], "n"}."""
+    """Accuracy metrics of one task; `softmax_vocab` is the number of output rows the softmax
+    normalises over (default: the tokenizer's ids; the padded size is the paper's convention): {"acc", "acc_stderr", ["acc_norm", "acc_norm_stderr"], "n"}."""
+    if scoring not in SCORINGS:
+        raise ValueError(f"unknown scoring {scoring!r}; known: {', '.join(SCORINGS)}")
+    if padding not in PADDINGS:
+        raise ValueError(f"unknown padding {padding!r}; known: {', '.join(PADDINGS)}")
     device = device_of(model)
     generator = torch.Generator(device=device).manual_seed(seed)
+    vocab = softmax_vocab or tok.vocab_size  # padded (the paper's) or the text vocabulary
     requests = []  # (instance index, choice index, seq, start)
     for i, inst in enumerate(task.instances):
         for c, (ctx_text, cont_text) in enumerate(
@@ -90,7 +108,7 @@ def score_task(
                 model,
                 [requests[r][2] for r in batch],
                 [requests[r][3] for r in batch],
-                tok.vocab_size,
+                vocab,
                 tok.eod_id,
             )
             for r, v, g in zip(batch, ll, greedy, strict=True):
@@ -100,7 +118,14 @@ def score_task(
     else:
         if mask_id is None:
             raise ValueError("MDM scoring needs the mask token id")
-        # A bidirectional model sees padding, so batches hold sequences of one length only.
+        # A bidirectional model sees padding, so batches hold sequences of one length only;
+        # with mask padding every row is seq_len long and ends where its own tokens end.
+        ends = [len(req[2]) for req in requests]
+        if padding == "mask":
+            requests = [
+                (i, c, seq + [mask_id] * (seq_len - len(seq)), start)
+                for i, c, seq, start in requests
+            ]
         groups: dict[int, list[int]] = {}
         for r, req in enumerate(requests):
             groups.setdefault(len(req[2]), []).append(r)
@@ -112,28 +137,30 @@ def score_task(
         for chunk in progress(chunks, desc, show_progress):
             seqs = [requests[r][2] for r in chunk]
             starts = [requests[r][3] for r in chunk]
+            chunk_ends = [ends[r] for r in chunk]
             if task.kind == "greedy":
-                fills = unmask_by_confidence(model, seqs, starts, tok.vocab_size, mask_id)
+                fills = unmask_by_confidence(model, seqs, starts, vocab, mask_id, ends=chunk_ends)
                 for r, fill in zip(chunk, fills, strict=True):
                     i, _, seq, start = requests[r]
-                    exact[i] = exact[i] and fill == seq[start:]
+                    exact[i] = exact[i] and fill == seq[start : ends[r]]
                 continue
             if scoring == "chain_rule":
                 values = continuation_chain_rule_mdm(
-                    model, seqs, starts, tok.vocab_size, mask_id, batch_size
+                    model, seqs, starts, vocab, mask_id, batch_size, ends=chunk_ends
                 )
             else:
                 values = continuation_elbo_mdm(
                     model,
                     seqs,
                     starts,
-                    tok.vocab_size,
+                    vocab,
                     mask_id,
                     generator,
                     samples=samples,
                     eps=eps,
                     batch_size=batch_size,
                     masking=masking,
+                    ends=chunk_ends,
                 )
             for r, v in zip(chunk, values, strict=True):
                 i, c = requests[r][:2]

@@ -1,9 +1,11 @@
 """Likelihood estimators for AR and MDM models, per sequence.
 
 Every estimator returns, per input sequence, the summed negative log-likelihood in nats (or its
-upper bound) of the scored tokens. Predictions are normalised over the tokenizer's vocabulary only
-(logits[..., :vocab_size]): the mask token and the padding rows are never text, so a model that
-puts no mass there gets exactly its training loss, and a uniform model gets log V per token.
+upper bound) of the scored tokens. `vocab_size` says over which ids the softmax normalises
+(logits[..., :vocab_size]): the padded vocabulary (the paper's code and the trainer's loss: every
+row of the output embedding, the mask token and padding included) or the tokenizer's ids only
+(the text vocabulary: the mask and padding rows never hold text). A tuple of sizes scores every
+convention from the same forward passes and returns one column per size, (B, len(sizes)).
 
 - `ar_nll`: exact next-token NLL of windows (B, L+1): L predicted tokens per window.
 - `mdm_elbo`: the training objective's Monte Carlo ELBO of sequences (B, L): K draws of the mask
@@ -33,25 +35,40 @@ from diffar.trainer.objectives import (
 )
 
 LogitsFn = Callable[[torch.Tensor], torch.Tensor]
+VocabSizes = int | tuple[int, ...]
 
 
 def _logits(model: LogitsFn, tokens: torch.Tensor, vocab_size: int) -> torch.Tensor:
     return model(tokens)[..., :vocab_size].float()
 
 
+def _sizes(vocab_size: VocabSizes) -> tuple[int, ...]:
+    return (vocab_size,) if isinstance(vocab_size, int) else tuple(vocab_size)
+
+
+def _shape(out: torch.Tensor, vocab_size: VocabSizes) -> torch.Tensor:
+    """(B, C) per-convention results as the caller asked: (B,) for one int size."""
+    return out[:, 0] if isinstance(vocab_size, int) else out
+
+
 @torch.no_grad()
 def ar_nll(
-    model: LogitsFn, windows: torch.Tensor, vocab_size: int, batch_size: int = 8
+    model: LogitsFn, windows: torch.Tensor, vocab_size: VocabSizes, batch_size: int = 8
 ) -> torch.Tensor:
-    """Summed next-token NLL of each window (B, L+1) over its L targets -> (B,) float64."""
-    out = torch.empty(windows.shape[0], dtype=torch.float64)
+    """Summed next-token NLL of each window (B, L+1) over its L targets -> (B,) float64
+    (or (B, C) for C vocabulary sizes)."""
+    sizes = _sizes(vocab_size)
+    out = torch.empty(windows.shape[0], len(sizes), dtype=torch.float64)
     L = windows.shape[1] - 1
     for s in range(0, windows.shape[0], batch_size):
         w = windows[s : s + batch_size]
-        logits = _logits(model, w[:, :-1], vocab_size)
-        for r in range(w.shape[0]):
-            out[s + r] = ar_loss_from_logits(logits[r : r + 1], w[r : r + 1, 1:]).double() * L
-    return out
+        full = model(w[:, :-1]).float()
+        for c, vs in enumerate(sizes):
+            logits = full[..., :vs]
+            for r in range(w.shape[0]):
+                loss = ar_loss_from_logits(logits[r : r + 1], w[r : r + 1, 1:])
+                out[s + r, c] = loss.double() * L
+    return _shape(out, vocab_size)
 
 
 def stratified_times(
@@ -108,7 +125,7 @@ def draw_masks(
 def mdm_elbo(
     model: LogitsFn,
     seqs: torch.Tensor,
-    vocab_size: int,
+    vocab_size: VocabSizes,
     mask_id: int,
     generator: torch.Generator,
     samples: int = 32,
@@ -117,17 +134,19 @@ def mdm_elbo(
     batch_size: int = 32,
     masking: str = "rate",
 ) -> torch.Tensor:
-    """Monte Carlo ELBO (nats, summed over L tokens) of sequences (B, L) -> (B,); `masking` as
-    in `draw_masks` ("rate": the training estimator).
+    """Monte Carlo ELBO (nats, summed over L tokens) of sequences (B, L) -> (B,) (or (B, C) for
+    C vocabulary sizes, the same masks for each); `masking` as in `draw_masks` ("rate": the
+    training estimator).
 
     `generator` must live on the sequences' device (masks are drawn there); times are drawn on it
     too when it is a CPU generator, else on the CPU with a seed taken from it.
     """
     B, L = seqs.shape
+    sizes = _sizes(vocab_size)
     t = stratified_times(B, samples, _cpu_generator(generator), stratified)
     rows_seq = torch.arange(B).repeat_interleave(samples)
     rows_t = t.flatten()
-    total = torch.zeros(B * samples, dtype=torch.float64)
+    total = torch.zeros(B * samples, len(sizes), dtype=torch.float64)
     for s in range(0, B * samples, batch_size):
         idx = rows_seq[s : s + batch_size]
         clean = seqs[idx.to(seqs.device)]
@@ -135,22 +154,30 @@ def mdm_elbo(
             clean, None, rows_t[s : s + batch_size], masking, eps, mask_id, generator
         )
         noisy = torch.where(masked, mask_id, clean)
-        logits = _logits(model, noisy, vocab_size)
-        for r in range(clean.shape[0]):
-            one = mdm_loss_from_logits(
-                logits[r : r + 1], clean[r : r + 1], masked[r : r + 1], p[r : r + 1]
-            )
-            total[s + r] = one.double() * L
-    return total.view(B, samples).mean(dim=1)
+        full = model(noisy).float()
+        for c, vs in enumerate(sizes):
+            logits = full[..., :vs]
+            for r in range(clean.shape[0]):
+                one = mdm_loss_from_logits(
+                    logits[r : r + 1], clean[r : r + 1], masked[r : r + 1], p[r : r + 1]
+                )
+                total[s + r, c] = one.double() * L
+    return _shape(total.view(B, samples, len(sizes)).mean(dim=1), vocab_size)
 
 
 @torch.no_grad()
 def mdm_chain_rule_nll(
-    model: LogitsFn, seqs: torch.Tensor, vocab_size: int, mask_id: int, batch_size: int = 32
+    model: LogitsFn,
+    seqs: torch.Tensor,
+    vocab_size: VocabSizes,
+    mask_id: int,
+    batch_size: int = 32,
 ) -> torch.Tensor:
-    """Exact left-to-right NLL (nats, summed over L tokens) of sequences (B, L) -> (B,)."""
+    """Exact left-to-right NLL (nats, summed over L tokens) of sequences (B, L) -> (B,) (or
+    (B, C) for C vocabulary sizes)."""
     B, L = seqs.shape
-    out = torch.zeros(B, dtype=torch.float64)
+    sizes = _sizes(vocab_size)
+    out = torch.zeros(B, len(sizes), dtype=torch.float64)
     pos = torch.arange(L, device=seqs.device)
     for b in range(B):
         for s in range(0, L, batch_size):
@@ -158,9 +185,11 @@ def mdm_chain_rule_nll(
             rows = seqs[b].expand(ks.numel(), L)
             noisy = torch.where(pos[None, :] >= ks[:, None], mask_id, rows)
             r = torch.arange(ks.numel(), device=seqs.device)
-            logp = torch.log_softmax(_logits(model, noisy, vocab_size)[r, ks], dim=-1)
-            out[b] -= logp[r, seqs[b, ks]].double().sum().cpu()
-    return out
+            picked = model(noisy).float()[r, ks]
+            for c, vs in enumerate(sizes):
+                logp = torch.log_softmax(picked[:, :vs], dim=-1)
+                out[b, c] -= logp[r, seqs[b, ks]].double().sum().cpu()
+    return _shape(out, vocab_size)
 
 
 @torch.no_grad()
@@ -196,7 +225,9 @@ def masked_ce_over_p(
 ) -> torch.Tensor:
     """Per row: sum over masked positions of CE / p -> (B,) float64. Row by row this is
     `mdm_loss_from_logits(...) * L` (a test holds them equal); vectorised for scoring."""
-    ce = F.cross_entropy(logits.flatten(0, 1), clean.flatten(), reduction="none").view_as(clean)
+    # Unscored positions may hold ids past the softmax (mask padding): score them as id 0.
+    targets = torch.where(masked, clean, 0)
+    ce = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none").view_as(clean)
     return (torch.where(masked, ce, 0.0).sum(-1).double() / p.double()).cpu()
 
 
@@ -212,22 +243,26 @@ def continuation_elbo_mdm(
     eps: float = 1e-3,
     batch_size: int = 32,
     masking: str = "rate",
+    ends: list[int] | None = None,
 ) -> list[float]:
     """Monte Carlo ELBO estimates of log p(continuation | clean context) (lower bounds, nats)
-    for equal-length sequences whose continuation starts at `starts[i]`: only continuation
-    tokens are masked, at stratified t (`masking` as in `draw_masks`); `samples` rows each."""
+    for equal-length sequences whose continuation is positions [starts[i], ends[i]) (ends
+    default: the row's length; past it, padding the model sees and nothing is scored): only
+    continuation tokens are masked, at stratified t (`masking` as in `draw_masks`); `samples`
+    rows each."""
     device = device_of(model)
     x = torch.tensor(seqs, device=device)
     R, T = x.shape
     t = stratified_times(R, samples, _cpu_generator(generator)).flatten()
     owner = torch.arange(R).repeat_interleave(samples)
     starts_t = torch.tensor(starts, device=device)
+    ends_t = torch.tensor(ends if ends is not None else [T] * R, device=device)
     pos = torch.arange(T, device=device)
     totals = torch.zeros(R * samples, dtype=torch.float64)
     for s in range(0, R * samples, batch_size):
         idx = owner[s : s + batch_size].to(device)
         clean = x[idx]
-        scorable = pos[None, :] >= starts_t[idx][:, None]
+        scorable = (pos[None, :] >= starts_t[idx][:, None]) & (pos[None, :] < ends_t[idx][:, None])
         masked, p = draw_masks(
             clean, scorable, t[s : s + batch_size], masking, eps, mask_id, generator
         )
@@ -245,14 +280,19 @@ def continuation_chain_rule_mdm(
     vocab_size: int,
     mask_id: int,
     batch_size: int = 32,
+    ends: list[int] | None = None,
 ) -> list[float]:
     """Exact left-to-right log p(continuation | context) under an MDM, for equal-length
-    sequences: one row per continuation token, that token and all after it masked."""
+    sequences whose continuation is positions [starts[i], ends[i]) (default: to the row's end):
+    one row per continuation token, that token and all after it masked (padding past ends[i]
+    is expected to be the mask token already)."""
     device = device_of(model)
     x = torch.tensor(seqs, device=device)
     T = x.shape[1]
-    owner = torch.tensor([i for i, st in enumerate(starts) for _ in range(st, T)])
-    ks = torch.tensor([k for st in starts for k in range(st, T)])
+    ends = ends if ends is not None else [T] * len(seqs)
+    spans = list(zip(starts, ends, strict=True))
+    owner = torch.tensor([i for i, (st, en) in enumerate(spans) for _ in range(st, en)])
+    ks = torch.tensor([k for st, en in spans for k in range(st, en)])
     pos = torch.arange(T, device=device)
     out = torch.zeros(len(seqs), dtype=torch.float64)
     for s in range(0, len(ks), batch_size):
@@ -266,18 +306,28 @@ def continuation_chain_rule_mdm(
 
 @torch.no_grad()
 def unmask_by_confidence(
-    model: LogitsFn, seqs: list[list[int]], starts: list[int], vocab_size: int, mask_id: int
+    model: LogitsFn,
+    seqs: list[list[int]],
+    starts: list[int],
+    vocab_size: int,
+    mask_id: int,
+    ends: list[int] | None = None,
 ) -> list[list[int]]:
-    """For equal-length sequences, mask everything from `starts[i]` on and fill it back one
-    token per pass and row, the most confident masked position first; returns the fills."""
+    """For equal-length sequences, mask positions [starts[i], ends[i]) (default: to the row's
+    end) and fill them back one token per pass and row, the most confident masked position
+    first; padding past ends[i] stays as it is. Returns the fills."""
     device = device_of(model)
     x = torch.tensor(seqs, device=device)
-    pos = torch.arange(x.shape[1], device=device)
+    T = x.shape[1]
+    ends = ends if ends is not None else [T] * len(seqs)
+    pos = torch.arange(T, device=device)
     starts_t = torch.tensor(starts, device=device)
-    x = torch.where(pos[None, :] >= starts_t[:, None], mask_id, x)
+    ends_t = torch.tensor(ends, device=device)
+    target = (pos[None, :] >= starts_t[:, None]) & (pos[None, :] < ends_t[:, None])
+    x = torch.where(target, mask_id, x)
     rows = torch.arange(x.shape[0], device=device)
-    for _ in range(x.shape[1] - min(starts)):
-        open_ = x == mask_id
+    for _ in range(max(e - s for s, e in zip(starts, ends, strict=True))):
+        open_ = target & (x == mask_id)
         if not open_.any():
             break
         probs = torch.softmax(_logits(model, x, vocab_size), dim=-1)
@@ -285,7 +335,7 @@ def unmask_by_confidence(
         k = torch.where(open_, conf, -1.0).argmax(-1)
         fill = open_[rows, k]
         x[rows[fill], k[fill]] = best[rows[fill], k[fill]]
-    return [x[i, st:].tolist() for i, st in enumerate(starts)]
+    return [x[i, st:en].tolist() for i, (st, en) in enumerate(zip(starts, ends, strict=True))]
 
 
 def _cpu_generator(generator: torch.Generator) -> torch.Generator:

@@ -211,6 +211,7 @@ def evaluate(cfg: EvalConfig, log=None) -> dict:
             vocab_size=tok.vocab_size,
             token_bytes=tok.token_bytes(),
             mask_id=mask_id,
+            padded_vocab_size=tcfg.model.padded_vocab_size,
             samples=cfg.samples,
             eps=eps,
             max_sequences=cfg.val_sequences,
@@ -223,13 +224,14 @@ def evaluate(cfg: EvalConfig, log=None) -> dict:
             show_progress=cfg.progress,
         )
         validation = {k: v.to_dict() for k, v in estimates.items()}
-        if "elbo" in validation:
-            validation["elbo"].update(
-                samples=cfg.samples, stratified=cfg.stratified, masking=cfg.elbo_masking
-            )
+        for key in validation:
+            if key.startswith("elbo"):
+                validation[key].update(
+                    samples=cfg.samples, stratified=cfg.stratified, masking=cfg.elbo_masking
+                )
         for k, v in estimates.items():
             log(
-                f"  val {k}: {v.loss:.4f} ± {v.stderr:.4f} nats/token, "
+                f"  val {k}: {v.loss:.4f} ± {v.stderr:.4f} nats/token ({v.vocab} vocabulary), "
                 f"{v.bits_per_byte:.4f} bits/byte ({v.sequences} sequences)"
             )
     else:
@@ -246,6 +248,10 @@ def evaluate(cfg: EvalConfig, log=None) -> dict:
             seq_len=tcfg.model.seq_len,
             mask_id=mask_id,
             scoring=cfg.mdm_scoring,
+            padding=cfg.mdm_padding,
+            softmax_vocab=(
+                tcfg.model.padded_vocab_size if cfg.softmax_vocab == "padded" else tok.vocab_size
+            ),
             masking=cfg.elbo_masking,
             samples=cfg.samples,
             eps=eps,
@@ -254,6 +260,9 @@ def evaluate(cfg: EvalConfig, log=None) -> dict:
             show_progress=cfg.progress,
         )
         res["scoring"] = "exact" if objective == "ar" else cfg.mdm_scoring
+        res["softmax_vocab"] = cfg.softmax_vocab
+        if objective == "mdm":
+            res["padding"] = cfg.mdm_padding
         tasks[task.name] = res
         norm = f", acc_norm {res['acc_norm']:.4f}" if "acc_norm" in res else ""
         log(f"  {task.name}: acc {res['acc']:.4f} ± {res['acc_stderr']:.4f}{norm} (n={res['n']})")

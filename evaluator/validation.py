@@ -6,6 +6,14 @@ Either way every window contributes L scored tokens, the windows tile the stream
 nats per token (total NLL / total tokens). Standard errors are over windows (each window's NLL is
 one observation: data and Monte Carlo noise together); bits per byte is total NLL / (ln 2 * total
 UTF-8 bytes of the scored tokens), with a delta-method standard error.
+
+Two vocabulary conventions, each named in the result (`Estimate.vocab`): "padded" normalises the
+softmax over every output row (the paper's code and the trainer's loss; what numbers compared with
+the paper use), "text" over the tokenizer's ids only. Given `padded_vocab_size`, both come from
+the same forward passes: the padded one under the estimator's name ("nll", "elbo",
+"chain_rule_nll"), the text one under the name + "_text". The chain-rule NLL scores the ELBO's
+windows (all of them by default); when capped to the first n, "elbo_paired" is the ELBO of those
+same n windows, so the bound and the exact likelihood are always compared window for window.
 """
 
 from __future__ import annotations
@@ -31,6 +39,7 @@ class Estimate:
     sequences: int
     tokens: int
     bytes: int
+    vocab: str = "text"  # the softmax's support: "padded" (the paper's) or "text"
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -70,10 +79,11 @@ def evaluate_validation(
     vocab_size: int,
     token_bytes: np.ndarray,
     mask_id: int | None = None,
+    padded_vocab_size: int | None = None,
     samples: int = 32,
     eps: float = 1e-3,
     max_sequences: int | None = None,
-    chain_rule_sequences: int | None = 8,
+    chain_rule_sequences: int | None = None,
     stratified: bool = True,
     masking: str = "rate",
     batch_size: int = 8,
@@ -81,22 +91,34 @@ def evaluate_validation(
     seed: int = 0,
     show_progress: bool = False,
 ) -> dict[str, Estimate]:
-    """Validation estimates by estimator name: AR {"nll"}; MDM {"elbo", "chain_rule_nll"}.
+    """Validation estimates by estimator name: AR {"nll"}; MDM {"elbo", "chain_rule_nll"}
+    (+ "elbo_paired" when the chain rule is capped), each also as name + "_text" when
+    `padded_vocab_size` is given (see the module's docstring).
 
-    `chain_rule_sequences` caps the windows scored by the chain rule (L passes each; 0 skips it).
+    `chain_rule_sequences` caps the windows scored by the chain rule (L passes each; 0 skips it;
+    None: the ELBO's windows).
     """
     windows = windows_of(tokens, seq_len, max_sequences)
     if len(windows) == 0:
         raise ValueError(f"{len(tokens)} validation tokens hold no window of {seq_len + 1}")
     generator = torch.Generator(device=device).manual_seed(seed)
+    # (suffix, vocabulary convention, softmax size), the paper's convention first.
+    conventions = [("", "text", vocab_size)]
+    if padded_vocab_size is not None:
+        conventions = [("", "padded", padded_vocab_size), ("_text", "text", vocab_size)]
+    sizes = tuple(c[2] for c in conventions)
     out: dict[str, Estimate] = {}
+
+    def put(name: str, nll: torch.Tensor, scored: torch.Tensor) -> None:
+        for c, (suffix, vocab, _) in enumerate(conventions):
+            out[name + suffix] = _estimate(nll[:, c], scored, token_bytes, vocab)
+
     if objective == "ar":
-        scored = windows[:, 1:]
         chunks = []
         for s in progress(range(0, len(windows), batch_size), "val nll", show_progress):
             w = windows[s : s + batch_size].to(device)
-            chunks.append(ar_nll(model, w, vocab_size, batch_size))
-        out["nll"] = _estimate(torch.cat(chunks), scored, token_bytes)
+            chunks.append(ar_nll(model, w, sizes, batch_size))
+        put("nll", torch.cat(chunks), windows[:, 1:])
         return out
     if mask_id is None:
         raise ValueError("MDM estimators need the mask token id")
@@ -108,7 +130,7 @@ def evaluate_validation(
             mdm_elbo(
                 model,
                 seqs[s : s + rows].to(device),
-                vocab_size,
+                sizes,
                 mask_id,
                 generator,
                 samples=samples,
@@ -118,19 +140,25 @@ def evaluate_validation(
                 masking=masking,
             )
         )
-    out["elbo"] = _estimate(torch.cat(chunks), seqs, token_bytes)
+    elbo = torch.cat(chunks)
+    put("elbo", elbo, seqs)
     n_chain = len(seqs) if chain_rule_sequences is None else min(len(seqs), chain_rule_sequences)
     if n_chain > 0:
         chunks = [
-            mdm_chain_rule_nll(model, seqs[s : s + 1].to(device), vocab_size, mask_id, batch_size)
+            mdm_chain_rule_nll(model, seqs[s : s + 1].to(device), sizes, mask_id, batch_size)
             for s in progress(range(n_chain), "val chain rule", show_progress)
         ]
-        out["chain_rule_nll"] = _estimate(torch.cat(chunks), seqs[:n_chain], token_bytes)
+        put("chain_rule_nll", torch.cat(chunks), seqs[:n_chain])
+        if n_chain < len(seqs):
+            put("elbo_paired", elbo[:n_chain], seqs[:n_chain])
     return out
 
 
-def _estimate(nll: torch.Tensor, scored: torch.Tensor, token_bytes: np.ndarray) -> Estimate:
+def _estimate(
+    nll: torch.Tensor, scored: torch.Tensor, token_bytes: np.ndarray, vocab: str
+) -> Estimate:
     scored_np = scored.numpy()
     nbytes = token_bytes[scored_np].sum(axis=1).astype(np.float64)
     counts = np.full(len(scored_np), scored_np.shape[1], dtype=np.float64)
-    return summarize(nll.numpy(), counts, nbytes)
+    est = summarize(nll.numpy(), counts, nbytes)
+    return Estimate(**{**est.to_dict(), "vocab": vocab})

@@ -281,6 +281,19 @@ class DiffusionSpec(_Spec):
     )
 
 
+class ARSpec(_Spec):
+    """Autoregressive objective settings (ARRun only)."""
+
+    inputMaskRate: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="Fraction of input tokens replaced by the mask token in training, targets "
+        "unchanged (the input-masking baseline of Gao et al., arXiv 2510.04071); 0 is plain AR. "
+        "Validation scores clean inputs.",
+    )
+
+
 class Toleration(_Spec):
     """A pod toleration (core/v1 Toleration)."""
 
@@ -776,6 +789,12 @@ class ARRunSpec(RunSpec):
     """An autoregressive (next-token) language model run."""
 
     model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": _SPEC_RULES})
+
+    ar: ARSpec = Field(
+        default_factory=ARSpec,
+        description="Autoregressive objective settings.",
+        json_schema_extra=_immutable("ar"),
+    )
 
 
 class DiffusionRunSpec(RunSpec):

@@ -21,6 +21,7 @@ from diffar.operator.api import (
     DNS1035,
     KINDS,
     MAX_RUN_NAME,
+    ARRunSpec,
     DiffusionRunSpec,
     Kind,
     RunSpec,
@@ -174,6 +175,7 @@ def planned_steps(run: Run) -> int:
 def train_config(run: Run):  # -> diffar.trainer.config.TrainConfig
     """Map the CRD spec (camelCase) onto the trainer's TrainConfig (snake_case)."""
     from diffar.trainer.config import (
+        ARConfig,
         CheckpointConfig,
         DataConfig,
         DiffusionConfig,
@@ -190,6 +192,7 @@ def train_config(run: Run):  # -> diffar.trainer.config.TrainConfig
         if isinstance(s, DiffusionRunSpec)
         else DiffusionConfig()
     )
+    ar = ARConfig(input_mask_rate=s.ar.inputMaskRate) if isinstance(s, ARRunSpec) else ARConfig()
     return TrainConfig(
         name=run.name,
         objective=run.objective,
@@ -220,6 +223,7 @@ def train_config(run: Run):  # -> diffar.trainer.config.TrainConfig
             grad_clip=s.training.gradClip,
         ),
         diffusion=diffusion,
+        ar=ar,
         precision=s.training.precision,
         zero_stage=s.training.zeroStage,
         seed=s.training.seed,

@@ -120,9 +120,27 @@ class OptimConfig(_Strict):
         return self
 
 
+TimeSampling = Literal["iid", "stratified"]
+
+
 class DiffusionConfig(_Strict):
     mask_eps: float = Field(
         1e-3, gt=0, lt=1, description="p = (1-eps) t + eps: the smallest mask rate"
+    )
+    time_sampling: TimeSampling = Field(
+        "iid",
+        description="t per sequence: iid uniform (the paper's), or stratified over the "
+        "micro-batch, t_b = (u + b/B) mod 1 (MDLM's low-discrepancy sampler)",
+    )
+
+
+class ARConfig(_Strict):
+    input_mask_rate: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="Fraction of AR input tokens replaced by the mask token, targets unchanged "
+        "(Gao et al., arXiv 2510.04071); 0 is plain AR",
     )
 
 
@@ -165,6 +183,7 @@ class TrainConfig(_Strict):
     )
     optim: OptimConfig = OptimConfig()
     diffusion: DiffusionConfig = DiffusionConfig()
+    ar: ARConfig = ARConfig()
     precision: Precision = Field("auto", description="auto: bf16 on CUDA, fp32 on CPU")
     zero_stage: int = Field(1, ge=0, le=3, description="DeepSpeed ZeRO stage")
     seed: int = Field(1234, ge=0)
@@ -182,6 +201,8 @@ class TrainConfig(_Strict):
     def _validation_needs_data(self) -> TrainConfig:
         if self.validation.interval is not None and not self.data.val_uri:
             raise ValueError("validation.interval is set but data.val_uri is not")
+        if self.objective == "mdm" and self.ar.input_mask_rate:
+            raise ValueError("ar.input_mask_rate applies to the ar objective only")
         return self
 
     def check_world_size(self, world_size: int) -> None:

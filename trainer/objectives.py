@@ -2,6 +2,10 @@
 
 Both take a batch of token windows of L+1 tokens, as the epoch sampler yields them. AR predicts
 each next token; MDM masks the first L tokens at a random rate and predicts the masked ones.
+AR may also see a fraction of its input tokens replaced by the mask token, its targets unchanged
+(`input_mask_rate`, the critics' baseline of Gao et al., arXiv 2510.04071). MDM's per-sequence
+times are i.i.d. uniform (the paper's) or stratified over the micro-batch (MDLM's
+low-discrepancy sampler): the same expected loss, less variance between steps.
 
 Both losses are a weighted sum of per-position cross-entropies, sum_i w_i * CE_i: AR weighs
 every position 1/(B*L); MDM weighs a masked position 1/(p*B*L) and an unmasked one 0 (the
@@ -99,6 +103,17 @@ def mask_rate(t: torch.Tensor, eps: float) -> torch.Tensor:
     return (1.0 - eps) * t + eps
 
 
+def sample_times(
+    n: int, generator: torch.Generator, device: torch.device, stratified: bool
+) -> torch.Tensor:
+    """(n,) times in [0, 1). Stratified: t_b = (u + b/n) mod 1 with one u, so every interval
+    [k/n, (k+1)/n) holds exactly one t; each t is still marginally uniform (unbiased loss)."""
+    if not stratified:
+        return torch.rand(n, generator=generator, device=device)
+    u = torch.rand(1, generator=generator, device=device)
+    return torch.remainder(u + torch.arange(n, device=device) / n, 1.0)
+
+
 def apply_mask(
     clean: torch.Tensor, p: torch.Tensor, mask_id: int, generator: torch.Generator
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -118,24 +133,45 @@ class _WeightedLoss:
 
 @dataclass(frozen=True)
 class AutoregressiveObjective(_WeightedLoss):
+    input_mask_rate: float = 0.0
+    mask_id: int | None = None
     name: str = "ar"
     causal: bool = True
 
+    def __post_init__(self) -> None:
+        if self.input_mask_rate and self.mask_id is None:
+            raise ValueError("input masking needs the mask token id")
+
+    def loss(
+        self, model: nn.Module, windows: torch.Tensor, generator: torch.Generator
+    ) -> torch.Tensor:
+        # Input masking is a training-time corruption: validation (model.eval()) scores the
+        # clean next-token NLL, the number comparable with plain AR.
+        objective = self if model.training else AutoregressiveObjective()
+        b = objective.batch(windows, generator)
+        return model(b.inputs, targets=b.targets, loss_weights=b.weights)
+
     def batch(self, windows: torch.Tensor, generator: torch.Generator) -> LossBatch:
-        targets = windows[:, 1:]
-        return LossBatch(windows[:, :-1], targets, ar_weights(targets))
+        inputs, targets = windows[:, :-1], windows[:, 1:]
+        if self.input_mask_rate:
+            # The mask covers inputs only: each target is still the clean next token, so the
+            # model learns to predict through corrupted context (the loss keeps AR's weights).
+            rate = torch.full((inputs.shape[0],), self.input_mask_rate, device=inputs.device)
+            inputs, _ = apply_mask(inputs, rate, self.mask_id, generator)
+        return LossBatch(inputs, targets, ar_weights(targets))
 
 
 @dataclass(frozen=True)
 class MaskedDiffusionObjective(_WeightedLoss):
     mask_id: int
     eps: float = 1e-3
+    stratified: bool = False
     name: str = "mdm"
     causal: bool = False
 
     def batch(self, windows: torch.Tensor, generator: torch.Generator) -> LossBatch:
         clean = windows[:, :-1]
-        t = torch.rand(clean.shape[0], generator=generator, device=clean.device)
+        t = sample_times(clean.shape[0], generator, clean.device, self.stratified)
         p = mask_rate(t, self.eps)
         noisy, masked = apply_mask(clean, p, self.mask_id, generator)
         return LossBatch(noisy, clean, mdm_weights(masked, p))
@@ -143,5 +179,11 @@ class MaskedDiffusionObjective(_WeightedLoss):
 
 def build_objective(cfg: TrainConfig) -> Objective:
     if cfg.objective == "ar":
-        return AutoregressiveObjective()
-    return MaskedDiffusionObjective(mask_id=cfg.model.mask_token_id, eps=cfg.diffusion.mask_eps)
+        return AutoregressiveObjective(
+            input_mask_rate=cfg.ar.input_mask_rate, mask_id=cfg.model.mask_token_id
+        )
+    return MaskedDiffusionObjective(
+        mask_id=cfg.model.mask_token_id,
+        eps=cfg.diffusion.mask_eps,
+        stratified=cfg.diffusion.time_sampling == "stratified",
+    )

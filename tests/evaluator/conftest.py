@@ -11,6 +11,11 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+
+# The evaluator's unit tests run tiny tensors: one intra-op thread. More only oversubscribes the
+# cores (on a shared 2-core machine a test took minutes instead of a second).
+torch.set_num_threads(1)
 
 _spec = importlib.util.spec_from_file_location(
     "evalhelpers", Path(__file__).with_name("evalhelpers.py")

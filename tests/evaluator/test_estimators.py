@@ -42,9 +42,12 @@ def test_uniform_model_elbo_is_log_v_within_stderr():
 
 
 def test_validation_report_uniform_every_estimator_and_bits_per_byte():
+    # Uniform logits over all 64 output rows: log 64 per token over the padded vocabulary (the
+    # paper's convention), log 50 over the text vocabulary, from every estimator.
     tokens = _stream(6 * L + 1)
     token_bytes = np.full(V, 2)  # every token is two bytes
-    for objective, names in (("ar", ["nll"]), ("mdm", ["elbo", "chain_rule_nll"])):
+    mdm = ["elbo", "chain_rule_nll", "elbo_paired"]
+    for objective, names in (("ar", ["nll"]), ("mdm", mdm)):
         out = evaluate_validation(
             Uniform(PADDED),
             objective,
@@ -53,13 +56,16 @@ def test_validation_report_uniform_every_estimator_and_bits_per_byte():
             vocab_size=V,
             token_bytes=token_bytes,
             mask_id=MASK,
+            padded_vocab_size=PADDED,
             samples=32,
             chain_rule_sequences=2,
         )
-        assert sorted(out) == sorted(names)
+        assert sorted(out) == sorted(names + [n + "_text" for n in names])
         for name, e in out.items():
-            tol = 1e-6 if name != "elbo" else 4 * e.stderr
-            assert abs(e.loss - math.log(V)) <= tol, (name, e)
+            assert e.vocab == ("text" if name.endswith("_text") else "padded")
+            want = math.log(V) if e.vocab == "text" else math.log(PADDED)
+            tol = 1e-6 if not name.startswith("elbo") else 4 * e.stderr
+            assert abs(e.loss - want) <= tol, (name, e)
             assert abs(e.bits_per_byte - e.loss / math.log(2) / 2) < 1e-6
             assert e.tokens == e.sequences * L and e.bytes == 2 * e.tokens
 

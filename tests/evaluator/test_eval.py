@@ -83,17 +83,20 @@ def test_eval_writes_results_next_to_the_checkpoint(tmp_path, objective):
     assert results["params"] > 0 and results["tokens_seen"] == 768 and results["epochs"] == 3.0
     assert results["unique_tokens"] == len(evalhelpers_text())
     assert results["flops"] > 0
-    expected = ["nll"] if objective == "ar" else ["chain_rule_nll", "elbo"]
+    # Each estimator over the padded vocabulary (the paper's) and the text one (`_text`); the
+    # chain rule capped at 2 of the 4 windows adds the ELBO of those same 2 (`elbo_paired`).
+    names = ["nll"] if objective == "ar" else ["chain_rule_nll", "elbo", "elbo_paired"]
+    expected = sorted(names + [n + "_text" for n in names])
     assert sorted(results["validation"]) == expected
-    for est in results["validation"].values():
-        # A freshly initialised model is close to uniform over 257 bytes (one byte per token).
-        assert abs(est["loss"] - math.log(257)) < 0.3 + 3 * est["stderr"]
+    for name, est in results["validation"].items():
+        # A freshly initialised model is close to uniform over its 320 output rows (257 bytes,
+        # the mask token and padding): log 320 padded, log 257 over the text (one byte a token).
+        assert est["vocab"] == ("text" if name.endswith("_text") else "padded")
+        size = 257 if est["vocab"] == "text" else 320
+        assert abs(est["loss"] - math.log(size)) < 0.3 + 3 * est["stderr"]
         assert est["bits_per_byte"] == pytest.approx(est["loss"] / math.log(2), rel=1e-6)
         assert est["stderr"] is not None and est["stderr"] >= 0
-    assert (
-        results["loss"]
-        == results["validation"][expected[-1] if objective == "mdm" else "nll"]["loss"]
-    )
+    assert results["loss"] == results["validation"]["elbo" if objective == "mdm" else "nll"]["loss"]
     assert sorted(results["tasks"]) == sorted([*DEFAULT_TASKS, "alpha"])
     for name, res in results["tasks"].items():
         assert res["n"] == 2 and 0 <= res["acc"] <= 1, name
@@ -122,7 +125,8 @@ def test_eval_config_file_output_and_failed_push(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "warning: push to Pushgateway http://127.0.0.1:1 failed after 4 attempts" in err
     results = json.loads((tmp_path / "out" / "results.json").read_text())
-    assert results["run"] == "from-config" and sorted(results["validation"]) == ["elbo"]
+    assert results["run"] == "from-config"
+    assert sorted(results["validation"]) == ["elbo", "elbo_text"]  # padded (paper's) and text
     assert results["validation"]["elbo"]["masking"] == "count"
     assert results["validation"]["elbo"]["samples"] == 2
 

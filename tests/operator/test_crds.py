@@ -95,8 +95,9 @@ def test_crd_shape(run_crds):
             for name, sub in spec["properties"].items()
             if any(r["rule"] == "self == oldSelf" for r in sub.get("x-kubernetes-validations", []))
         ]
+        # The objective's own settings define the experiment too: diffusion's, AR's (issue 15).
         expected = {"model", "data", "training"} | (
-            {"diffusion"} if kind == "DiffusionRun" else set()
+            {"diffusion"} if kind == "DiffusionRun" else {"ar"}
         )
         assert set(immutable) == expected
         status = version["schema"]["openAPIV3Schema"]["properties"]["status"]

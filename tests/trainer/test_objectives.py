@@ -1,5 +1,6 @@
 import math
 
+import pytest
 import torch
 from torch import nn
 
@@ -112,3 +113,84 @@ def test_mdm_loss_is_unbiased_not_masked_mean():
     masked = noisy == vocab
     loss = mdm_loss_from_logits(model(noisy), clean, masked, p).item()
     assert abs(loss - math.log(vocab)) / math.log(vocab) < 0.02
+
+
+def test_ar_input_masking_masks_inputs_and_keeps_targets():
+    mask_id = 99
+    windows = torch.arange(1, 2001).view(4, 500)  # no token equals the mask id
+    obj = AutoregressiveObjective(input_mask_rate=0.3, mask_id=mask_id)
+    b = obj.batch(windows, torch.Generator().manual_seed(0))
+    clean_inputs, targets = windows[:, :-1], windows[:, 1:]
+    masked = b.inputs == mask_id
+    # Every input is either the clean token or the mask token, at about the requested rate.
+    assert torch.equal(torch.where(masked, clean_inputs, b.inputs), clean_inputs)
+    assert 0.26 < masked.float().mean().item() < 0.34
+    # Targets are the clean next tokens, masked inputs or not; the weights are plain AR's.
+    assert torch.equal(b.targets, targets)
+    assert torch.allclose(b.weights, torch.full(targets.shape, 1 / targets.numel()))
+
+
+def test_ar_input_masking_off_is_plain_ar_and_validation_sees_clean_inputs():
+    windows = torch.tensor([[5, 6, 7, 8, 9]])
+    plain = AutoregressiveObjective().batch(windows, torch.Generator())
+    assert plain.inputs.tolist() == [[5, 6, 7, 8]]
+    seen = []
+
+    class Recorder(nn.Module):
+        def forward(self, tokens):
+            seen.append(tokens.clone())
+            return torch.zeros(*tokens.shape, 16)
+
+    model = LossFromLogits(Recorder())
+    obj = AutoregressiveObjective(input_mask_rate=0.999, mask_id=15)
+    obj.loss(model, windows, torch.Generator().manual_seed(1))
+    assert (seen[-1] == 15).all()  # training: (almost surely) every input masked
+    model.eval()
+    obj.loss(model, windows, torch.Generator().manual_seed(1))
+    assert seen[-1].tolist() == [[5, 6, 7, 8]]  # validation: the clean inputs
+
+
+def test_ar_input_masking_needs_mask_id():
+
+    with pytest.raises(ValueError, match="mask token"):
+        AutoregressiveObjective(input_mask_rate=0.1)
+
+
+def test_stratified_times_cover_each_stratum_once_and_are_uniform():
+    from diffar.trainer.objectives import sample_times
+
+    gen = torch.Generator().manual_seed(3)
+    n = 16
+    draws = torch.stack([sample_times(n, gen, torch.device("cpu"), True) for _ in range(2000)])
+    strata = (draws * n).floor().long().sort(dim=1).values
+    assert torch.equal(strata, torch.arange(n).expand_as(strata))
+    # Each t is marginally uniform: mean 1/2, variance 1/12 over draws.
+    assert abs(draws[:, 0].mean().item() - 0.5) < 0.02
+    assert abs(draws[:, 0].var().item() - 1 / 12) < 0.006
+    # The batch mean varies far less than an i.i.d. batch's (variance 1/(12 n)).
+    iid = torch.stack([sample_times(n, gen, torch.device("cpu"), False) for _ in range(2000)])
+    assert draws.mean(1).var().item() < iid.mean(1).var().item() / 10
+
+
+def test_build_objective_maps_config():
+    from diffar.trainer.config import TrainConfig
+    from diffar.trainer.objectives import build_objective
+
+    base = {"model": {"dim": 16, "n_layers": 1, "n_heads": 2, "vocab_size": 30}}
+    base["data"] = {"train_uri": "x"}
+    ar = build_objective(
+        TrainConfig.model_validate({**base, "objective": "ar", "ar": {"input_mask_rate": 0.2}})
+    )
+    assert (ar.input_mask_rate, ar.mask_id) == (0.2, 30)
+    mdm = build_objective(
+        TrainConfig.model_validate(
+            {**base, "objective": "mdm", "diffusion": {"time_sampling": "stratified"}}
+        )
+    )
+    assert mdm.stratified and mdm.mask_id == 30
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="ar objective only"):
+        TrainConfig.model_validate({**base, "objective": "mdm", "ar": {"input_mask_rate": 0.2}})
+    with pytest.raises(ValidationError):
+        TrainConfig.model_validate({**base, "objective": "ar", "ar": {"input_mask_rate": 1.0}})
