@@ -59,6 +59,7 @@ def fingerprint(cfg: TrainConfig) -> dict:
         mode="json",
         include={
             "objective",
+            "ar",
             "model",
             "data",
             "epochs",

@@ -194,3 +194,21 @@ def test_build_objective_maps_config():
         TrainConfig.model_validate({**base, "objective": "mdm", "ar": {"input_mask_rate": 0.2}})
     with pytest.raises(ValidationError):
         TrainConfig.model_validate({**base, "objective": "ar", "ar": {"input_mask_rate": 1.0}})
+
+
+def test_a_changed_input_mask_rate_is_a_different_run():
+    # A checkpoint of plain AR must not silently resume as masked-input AR (or back).
+    from diffar.trainer.checkpoint import RunPosition, check_resumable, fingerprint
+    from diffar.trainer.config import TrainConfig
+    from diffar.trainer.errors import UserError
+
+    base = {"model": {"dim": 16, "n_layers": 1, "n_heads": 2, "vocab_size": 30}}
+    base["data"] = {"train_uri": "x"}
+    plain = TrainConfig.model_validate({**base, "objective": "ar"})
+    masked = TrainConfig.model_validate(
+        {**base, "objective": "ar", "ar": {"input_mask_rate": 0.25}}
+    )
+    saved = RunPosition(step=10, tokens_seen=0, sampler={}, fingerprint=fingerprint(plain))
+    check_resumable(saved, plain, "ckpt")
+    with pytest.raises(UserError, match=r"changed: ar\.input_mask_rate"):
+        check_resumable(saved, masked, "ckpt")
