@@ -1,7 +1,8 @@
 """The kopf handlers: thin. Every cause ends in `reconcile.reconcile` for the run concerned.
 
 - a run is created, resumed (operator start) or its spec changes: reconcile it;
-- a PyTorchJob or Job labelled diffar.io/run changes: reconcile its owner run;
+- a PyTorchJob (or, with DIFFAR_BACKEND=trainjob, a TrainJob) or Job labelled diffar.io/run
+  changes: reconcile its owner run;
 - a timer per run (DIFFAR_PROGRESS_INTERVAL, 30 s): reconcile with a progress scrape while
   training (and a resync of anything missed);
 - a run is deleted: its Pushgateway group is removed (children go by ownerReferences).
@@ -109,7 +110,11 @@ def _register() -> None:
         kopf.timer(*args, interval=PROGRESS_INTERVAL, sharp=False)(on_timer)
         kopf.on.delete(*args, backoff=5, retries=3)(on_run_delete)
     labels = {LABEL_RUN: kopf.PRESENT}
-    kopf.on.event("kubeflow.org", "v1", "pytorchjobs", labels=labels)(on_child)
+    # Only the backend's training kind: its RBAC is the only one the chart grants.
+    if Settings.from_env().backend == "trainjob":
+        kopf.on.event("trainer.kubeflow.org", "v1alpha1", "trainjobs", labels=labels)(on_child)
+    else:
+        kopf.on.event("kubeflow.org", "v1", "pytorchjobs", labels=labels)(on_child)
     kopf.on.event("batch", "v1", "jobs", labels=labels)(on_child)
 
 

@@ -16,9 +16,10 @@ from datetime import UTC, datetime
 
 from diffar.operator import progress as progress_mod
 from diffar.operator import status as status_mod
-from diffar.operator.builders import LABEL_RUN
+from diffar.operator import trainjob_status
+from diffar.operator.builders import LABEL_RUN, train_kind
 from diffar.operator.kube import Kube
-from diffar.operator.runs import Run, Settings, SpecError
+from diffar.operator.runs import Run, Settings, SpecError, planned_steps
 
 log = logging.getLogger("diffar.operator")
 
@@ -55,7 +56,7 @@ def observe(kube: Kube, body: dict, *, scrape: bool, settings: Settings) -> stat
     ns, name = meta["namespace"], meta["name"]
     obs = status_mod.Observed(
         config_map=kube.get("ConfigMap", ns, f"{name}-config"),
-        train_job=kube.get("PyTorchJob", ns, f"{name}-train"),
+        train_job=kube.get(train_kind(settings), ns, f"{name}-train"),
         eval_job=kube.get("Job", ns, f"{name}-eval"),
     )
     if obs.eval_job is not None:
@@ -66,15 +67,19 @@ def observe(kube: Kube, body: dict, *, scrape: bool, settings: Settings) -> stat
                 obs.eval_results = status_mod.parse_results(message)
             else:
                 obs.eval_message = (message or "")[-2000:] or None
-    if scrape and obs.train_job is not None:
+    if obs.train_job is not None:
         state, _ = status_mod.train_state(obs.train_job)
         if state in ("Running", "Restarting"):
             try:
                 run = Run.from_body(body)
             except SpecError:
                 run = None
-            if run is not None:
+            if run is not None and scrape:
                 obs.progress = progress_mod.scrape(progress_mod.metrics_url(run, settings))
+            if run is not None and obs.progress is None and obs.train_job.get("kind") == "TrainJob":
+                # What Trainer itself reports (TrainJobStatus feature gate), when the scrape
+                # has nothing.
+                obs.progress = trainjob_status.progress_sample(obs.train_job, planned_steps(run))
     return obs
 
 

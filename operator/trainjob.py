@@ -1,0 +1,137 @@
+"""Pure builder of the Kubeflow Trainer v2 backend: a `Run` in, a TrainJob (a plain dict) out.
+
+The TrainJob (`trainer.kubeflow.org/v1alpha1`, Trainer v2.2 or later: `runtimePatches`) runs on
+the (Cluster)TrainingRuntime the chart ships (`charts/diffar/templates/trainingruntime.yaml`,
+default `diffar-torch`): `mlPolicy.torch`, one replicated job `node` whose container `node` is
+the trainer under torchrun, a memory-backed /dev/shm, the cache volume, and JobSet restarts.
+Trainer's torch plugin sets PET_NNODES, PET_NPROC_PER_NODE, PET_NODE_RANK, PET_MASTER_ADDR and
+PET_MASTER_PORT in that container, so the torchrun command of the PyTorchJob backend works as is.
+
+What each run sets, and where Trainer v2.3 takes it:
+
+| run | TrainJob |
+| --- | --- |
+| image, command, env (S3 Secret refs, NCCL), GPUs/CPU/memory per node, nodes | `spec.trainer` (image, command, args, env, resourcesPerNode, numNodes, numProcPerNode) |
+| the run's ConfigMap, /dev/shm size | `runtimePatches[diffar.io/operator]`: pod volumes `config` and `dshm`, mount of `config` |
+| nodeSelector, tolerations, affinity, pull Secrets, pod labels | the same runtime patch (pod spec and pod template metadata of job `node`) |
+| Kueue queue | label `kueue.x-k8s.io/queue-name`, created with `spec.suspend: true` (Kueue admits it) |
+
+What a TrainJob cannot carry per run is refused by `problems()`, never dropped: Trainer v2.3's
+patches have no priorityClassName and no imagePullPolicy, and gang scheduling is a property of
+the runtime (`podGroupPolicy`), which the chart's runtime does not set. Restarts are the
+runtime's (`failurePolicy.maxRestarts` of its JobSet, a chart value), not spec.maxRestarts.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from diffar.operator import builders
+from diffar.operator.runs import Run, Settings
+
+TRAINER_GROUP = "trainer.kubeflow.org"
+TRAINER_API = f"{TRAINER_GROUP}/v1alpha1"
+NODE = "node"  # the replicated job and container that Trainer's torch plugin configures
+PATCH_MANAGER = "diffar.io/operator"
+RUNTIME_PULL_POLICY = "IfNotPresent"  # the chart's runtime; a TrainJob cannot change it
+
+
+def problems(run: Run) -> list[str]:
+    """What a run asks for that the TrainJob backend cannot do (each a one-line message)."""
+    s = run.spec
+    out = []
+    if s.resources.priorityClassName:
+        out.append(
+            "spec.resources.priorityClassName: the trainjob backend cannot set a pod priority per "
+            "run (Trainer v2.3's runtime patches have no priorityClassName); use Kueue's "
+            "workload priority, or the pytorchjob backend"
+        )
+    if s.images.pullPolicy != RUNTIME_PULL_POLICY:
+        out.append(
+            f"spec.images.pullPolicy {s.images.pullPolicy}: the trainjob backend pulls with its "
+            f"runtime's policy ({RUNTIME_PULL_POLICY}); use an immutable tag or digest, or the "
+            "pytorchjob backend"
+        )
+    if s.scheduling.volcano:
+        out.append(
+            "spec.scheduling.volcano: gang scheduling is a property of the Trainer runtime "
+            "(podGroupPolicy), which the diffar runtime does not set; use Kueue, or the "
+            "pytorchjob backend"
+        )
+    return out
+
+
+def _trainer(run: Run, settings: Settings) -> dict[str, Any]:
+    container = builders.trainer_container(run, settings)
+    r = run.spec.resources
+    return {
+        "image": container["image"],
+        "command": container["command"],
+        "args": container["args"],
+        "env": container["env"],
+        "numNodes": r.nodes,
+        "numProcPerNode": r.gpusPerNode,
+        "resourcesPerNode": container["resources"],
+    }
+
+
+def _pod_patch(run: Run) -> dict[str, Any]:
+    """The run's part of the pod spec of job `node`; merged by name into the runtime's."""
+    r = run.spec.resources
+    volumes = [v for v in builders.pod_volumes(run) if v["name"] in ("config", "dshm")]
+    mounts = [m for m in builders.pod_mounts() if m["name"] == "config"]
+    pod: dict[str, Any] = {
+        "volumes": volumes,
+        "containers": [{"name": NODE, "volumeMounts": mounts}],
+    }
+    if r.nodeSelector:
+        pod["nodeSelector"] = dict(r.nodeSelector)
+    if r.tolerations:
+        pod["tolerations"] = [t.model_dump(exclude_none=True) for t in r.tolerations]
+    if r.affinity:
+        pod["affinity"] = r.affinity
+    if run.spec.images.pullSecrets:
+        pod["imagePullSecrets"] = [{"name": n} for n in run.spec.images.pullSecrets]
+    return pod
+
+
+def _runtime_patch(run: Run) -> dict[str, Any]:
+    node_job = {
+        "name": NODE,
+        "template": {
+            "spec": {
+                "template": {
+                    "metadata": {"labels": builders.labels(run, "trainer")},
+                    "spec": _pod_patch(run),
+                }
+            }
+        },
+    }
+    template = {"spec": {"replicatedJobs": [node_job]}}
+    return {"manager": PATCH_MANAGER, "trainingRuntimeSpec": {"template": template}}
+
+
+def build_trainjob(run: Run, settings: Settings) -> dict[str, Any]:
+    s = run.spec
+    extra = {builders.KUEUE_LABEL: s.scheduling.kueue.queueName} if s.scheduling.kueue else None
+    return {
+        "apiVersion": TRAINER_API,
+        "kind": "TrainJob",
+        "metadata": builders.metadata(run, run.train_job_name, "trainer", extra),
+        "spec": {
+            "runtimeRef": {
+                "apiGroup": TRAINER_GROUP,
+                "kind": settings.training_runtime_kind,
+                "name": settings.training_runtime,
+            },
+            "suspend": builders.initial_train_suspend(run),
+            "trainer": _trainer(run, settings),
+            "runtimePatches": [_runtime_patch(run)],
+        },
+    }
+
+
+def suspend_patch(value: bool) -> dict[str, Any]:
+    # Only spec.suspend: Kueue writes its own runtimePatches entry, which a merge patch of the
+    # list would replace.
+    return {"spec": {"suspend": value}}
