@@ -15,10 +15,11 @@ What each run sets, and where Trainer v2.3 takes it:
 | the run's ConfigMap, /dev/shm size | `runtimePatches[diffar.io/operator]`: pod volumes `config` and `dshm`, mount of `config` |
 | nodeSelector, tolerations, affinity, pull Secrets, pod labels | the same runtime patch (pod spec and pod template metadata of job `node`) |
 | Kueue queue | label `kueue.x-k8s.io/queue-name`, created with `spec.suspend: true` (Kueue admits it) |
+| Volcano | the runtime `<runtime>-volcano` (`podGroupPolicy.volcano`), queue in the patch's JobSet annotation `scheduling.volcano.sh/queue-name` |
 
 What a TrainJob cannot carry per run is refused by `problems()`, never dropped: Trainer v2.3's
-patches have no priorityClassName and no imagePullPolicy, and gang scheduling is a property of
-the runtime (`podGroupPolicy`), which the chart's runtime does not set. Restarts are the
+patches have no priorityClassName (nor, so, a Volcano PodGroup priority) and no
+imagePullPolicy. Gang scheduling is a property of the runtime, hence the second one. Restarts are the
 runtime's (`failurePolicy.maxRestarts` of its JobSet, a chart value), not spec.maxRestarts.
 """
 
@@ -33,6 +34,8 @@ TRAINER_GROUP = "trainer.kubeflow.org"
 TRAINER_API = f"{TRAINER_GROUP}/v1alpha1"
 NODE = "node"  # the replicated job and container that Trainer's torch plugin configures
 PATCH_MANAGER = "diffar.io/operator"
+VOLCANO_QUEUE_ANNOTATION = "scheduling.volcano.sh/queue-name"
+VOLCANO_SUFFIX = "-volcano"  # the chart's gang-scheduled runtime (podGroupPolicy.volcano)
 RUNTIME_PULL_POLICY = "IfNotPresent"  # the chart's runtime; a TrainJob cannot change it
 
 
@@ -52,13 +55,20 @@ def problems(run: Run) -> list[str]:
             f"runtime's policy ({RUNTIME_PULL_POLICY}); use an immutable tag or digest, or the "
             "pytorchjob backend"
         )
-    if s.scheduling.volcano:
+    if s.scheduling.volcano and s.scheduling.volcano.priorityClass:
         out.append(
-            "spec.scheduling.volcano: gang scheduling is a property of the Trainer runtime "
-            "(podGroupPolicy), which the diffar runtime does not set; use Kueue, or the "
-            "pytorchjob backend"
+            "spec.scheduling.volcano.priorityClass: under the trainjob backend Volcano takes the "
+            "PodGroup's priority from the pods, which a TrainJob cannot set; leave it out, or use "
+            "the pytorchjob backend"
         )
     return out
+
+
+def runtime_name(run: Run, settings: Settings) -> str:
+    """The runtime a run's TrainJob names: the Volcano variant for gang scheduling."""
+    if run.spec.scheduling.volcano:
+        return f"{settings.training_runtime}{VOLCANO_SUFFIX}"
+    return settings.training_runtime
 
 
 def _trainer(run: Run, settings: Settings) -> dict[str, Any]:
@@ -107,7 +117,11 @@ def _runtime_patch(run: Run) -> dict[str, Any]:
             }
         },
     }
-    template = {"spec": {"replicatedJobs": [node_job]}}
+    template: dict[str, Any] = {"spec": {"replicatedJobs": [node_job]}}
+    volcano = run.spec.scheduling.volcano
+    if volcano and volcano.queue:
+        # Trainer's volcano plugin reads the queue from the JobSet template's annotations.
+        template["metadata"] = {"annotations": {VOLCANO_QUEUE_ANNOTATION: volcano.queue}}
     return {"manager": PATCH_MANAGER, "trainingRuntimeSpec": {"template": template}}
 
 
@@ -122,7 +136,7 @@ def build_trainjob(run: Run, settings: Settings) -> dict[str, Any]:
             "runtimeRef": {
                 "apiGroup": TRAINER_GROUP,
                 "kind": settings.training_runtime_kind,
-                "name": settings.training_runtime,
+                "name": runtime_name(run, settings),
             },
             "suspend": builders.initial_train_suspend(run),
             "trainer": _trainer(run, settings),
