@@ -9,18 +9,20 @@ PET_MASTER_PORT in that container, so the torchrun command of the PyTorchJob bac
 
 What each run sets, and where Trainer v2.3 takes it:
 
-| run | TrainJob |
-| --- | --- |
-| image, command, env (S3 Secret refs, NCCL), GPUs/CPU/memory per node, nodes | `spec.trainer` (image, command, args, env, resourcesPerNode, numNodes, numProcPerNode) |
-| the run's ConfigMap, /dev/shm size | `runtimePatches[diffar.io/operator]`: pod volumes `config` and `dshm`, mount of `config` |
-| nodeSelector, tolerations, affinity, pull Secrets, pod labels | the same runtime patch (pod spec and pod template metadata of job `node`) |
-| Kueue queue | label `kueue.x-k8s.io/queue-name`, created with `spec.suspend: true` (Kueue admits it) |
-| Volcano | the runtime `<runtime>-volcano` (`podGroupPolicy.volcano`), queue in the patch's JobSet annotation `scheduling.volcano.sh/queue-name` |
+- image, command, env (S3 Secret refs, NCCL), GPUs/CPU/memory per node, nodes: `spec.trainer`
+  (image, command, args, env, resourcesPerNode, numNodes, numProcPerNode);
+- the run's ConfigMap and /dev/shm size, nodeSelector, tolerations, affinity, pull Secrets and
+  the pods' labels: one entry of `spec.runtimePatches` (manager `diffar.io/operator`), patching
+  the pod template of job `node` (volumes `config` and `dshm` merge by name into the runtime's);
+- Kueue: the label `kueue.x-k8s.io/queue-name`, created with `spec.suspend: true`; Kueue admits
+  it by unsuspending it (and adds its own runtime patch);
+- Volcano: the runtime `<runtime>-volcano` (`podGroupPolicy.volcano`), the queue in the patch's
+  JobSet annotation `scheduling.volcano.sh/queue-name`.
 
 What a TrainJob cannot carry per run is refused by `problems()`, never dropped: Trainer v2.3's
-patches have no priorityClassName (nor, so, a Volcano PodGroup priority) and no
-imagePullPolicy. Gang scheduling is a property of the runtime, hence the second one. Restarts are the
-runtime's (`failurePolicy.maxRestarts` of its JobSet, a chart value), not spec.maxRestarts.
+patches have no priorityClassName (so no Volcano PodGroup priority either) and no
+imagePullPolicy. Restarts are the runtime's (its JobSet's `failurePolicy.maxRestarts`, a chart
+value), not spec.maxRestarts.
 """
 
 from __future__ import annotations

@@ -467,3 +467,15 @@ def test_unknown_backend_is_one_line(tmp_path):
     )
     assert proc.returncode == 2 and "backend must be one of" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_operator_flags_are_checked_before_kopf_starts():
+    base = [sys.executable, "-m", "diffar.operator.cli", "operator", "--backend"]
+    proc = subprocess.run([*base, "tfjob"], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert proc.returncode == 2 and "invalid choice" in proc.stderr
+    bad = [*base, "trainjob", "--training-runtime", "Bad_Name"]
+    proc = subprocess.run(bad, capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        "diffar operator: error: training runtime name 'Bad_Name' is not valid"
+    ]
