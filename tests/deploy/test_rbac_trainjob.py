@@ -56,8 +56,10 @@ def drive_lifecycle(api: RecordingApi, manifest: dict) -> None:
     api.set("trainjobs", ns, train, {"status": {"conditions": [condition("Suspended")]}})
     api.set(plural, ns, name, {"spec": {"suspend": False}})
     step()  # resume: TrainJob patched
+    api.set(plural, ns, name, {"spec": {"evaluation": {"limit": 100}}})
+    step()  # spec.evaluation is mutable until the evaluator starts
     api.set("trainjobs", ns, train, {"status": {"conditions": [condition("Complete")]}})
-    step()  # evaluator Job created
+    step()  # eval.json patched in the ConfigMap, evaluator Job created
     assert ("jobs", ns, ev) in api.objects
     api.set(plural, ns, name, {"spec": {"suspend": True}})
     step()  # evaluator suspended
