@@ -186,6 +186,11 @@ def http_get(url: str) -> str:
         return r.read().decode()
 
 
+def pytest_configure(config):
+    # kubernetes 36 on urllib3 1.26 warns on every error response; not ours to fix.
+    config.addinivalue_line("filterwarnings", "ignore:HTTPResponse.getheaders:DeprecationWarning")
+
+
 def pytest_collection_modifyitems(items):
     here = Path(__file__).parent
     for item in items:

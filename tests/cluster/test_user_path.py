@@ -34,10 +34,11 @@ def test_every_example_is_applied_and_gets_its_pytorchjob(control_plane, kube, n
             log=operator.output,
         )
         assert pj["metadata"]["labels"]["diffar.io/run"] == name
+        # Pending, or Queued for the examples that name a Kueue queue.
         wait_for(
-            f"{name} Pending",
+            f"{name} Pending or Queued",
             lambda kind=kind, name=name: (
-                (kube.get(kind, ns, name).get("status") or {}).get("phase") == "Pending"
+                (kube.get(kind, ns, name).get("status") or {}).get("phase") in ("Pending", "Queued")
             ),
         )
     # Printer columns of both kinds, through kubectl.
@@ -48,7 +49,8 @@ def test_every_example_is_applied_and_gets_its_pytorchjob(control_plane, kube, n
         assert h.split() == ["NAME", "PHASE", "OBJECTIVE", "MODEL", "EPOCHS", "PROGRESS", "AGE"], h
     for _, name in names:
         assert name in out
-    assert out.count("Pending") == len(names)
+    rows = [line for line in out.splitlines() if line and not line.startswith("NAME")]
+    assert len(rows) == len(names) and all(r.split()[1] in ("Pending", "Queued") for r in rows)
     assert len(kube.list("PyTorchJob", ns)) == len(names)
     # Applying the same files again changes nothing.
     for path in EXAMPLES:
@@ -95,8 +97,7 @@ def test_helm_upgrade_then_the_documented_uninstall(control_plane, kube, ns, man
     # Reinstall for the tests that follow: the CRDs come back with the chart.
     operator.stop()
     cp.install_chart()
-    cp.kubectl("wait", "--for=condition=Established", "--timeout=60s",
-               "crd/diffusionruns.diffar.io", "crd/arruns.diffar.io")  # fmt: skip
+    cp.wait_established("diffusionruns.diffar.io", "arruns.diffar.io")
 
 
 def test_make_cluster_cli_is_idempotent_and_leaves_nothing(tmp_path: Path):

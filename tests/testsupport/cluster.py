@@ -12,7 +12,7 @@ Layout of a state directory (`.cluster/` for make, a temporary one for pytest):
     tokens.csv      static tokens: the admin (system:masters) and the controller manager
     kubeconfig      admin credentials (what `make cluster` tells you to export)
     operator.kubeconfig  a TokenRequest token of the chart's ServiceAccount
-    etcd/           etcd's data
+    (etcd's data is on /dev/shm when there is one, else in etcd-<port>/ here)
     logs/           one log per process
     state.json      ports and process ids, read by `start` (to reuse) and `stop`
 """
@@ -338,8 +338,16 @@ class ControlPlane:
         raise ClusterError(f"{what} not ready after {timeout:.0f} s:\n{_tail(self.log(proc_name))}")
 
     # the pieces, each startable again (the fault tests restart them)
+    @property
+    def etcd_data(self) -> Path:
+        # On tmpfs when there is one: etcd fsyncs every write, and a busy disk turns that into
+        # API-server timeouts. It survives etcd's restarts, not the machine's.
+        shm = Path("/dev/shm")
+        base = shm if shm.is_dir() and os.access(shm, os.W_OK) else self.root
+        return base / f"diffar-etcd-{self.state.etcd_port}"
+
     def start_etcd(self) -> None:
-        data = self.root / "etcd"
+        data = self.etcd_data
         peer = f"http://127.0.0.1:{self.state.etcd_peer_port}"
         proc = _spawn(
             [
@@ -381,6 +389,9 @@ class ControlPlane:
                 f"--etcd-servers={self.etcd_url}",
                 "--bind-address=127.0.0.1",
                 "--advertise-address=127.0.0.1",
+                # No kubelet, no "kubernetes" Service endpoints to keep (and a loopback address
+                # is refused for them).
+                "--endpoint-reconciler-type=none",
                 f"--secure-port={port}",
                 f"--tls-cert-file={pki / 'server.crt'}",
                 f"--tls-private-key-file={pki / 'server.key'}",
@@ -494,15 +505,26 @@ class ControlPlane:
         for p in CRDS_FROM_SHARED:
             args += ["-f", str(p)]
         self.kubectl(*args)
-        self.kubectl(
-            "wait",
-            "--for=condition=Established",
-            "--timeout=60s",
-            "crd/pytorchjobs.kubeflow.org",
-            "crd/trainjobs.trainer.kubeflow.org",
-            "crd/diffusionruns.diffar.io",
-            "crd/arruns.diffar.io",
+        self.wait_established(
+            "pytorchjobs.kubeflow.org",
+            "trainjobs.trainer.kubeflow.org",
+            "diffusionruns.diffar.io",
+            "arruns.diffar.io",
         )
+
+    def wait_established(self, *crds: str, timeout: float = 60.0) -> None:
+        # Not `kubectl wait`: it fails outright on a CRD whose status has no conditions yet.
+        jsonpath = '{.status.conditions[?(@.type=="Established")].status}'
+        deadline = time.monotonic() + timeout
+        pending = list(crds)
+        while pending:
+            got = self.kubectl("get", "crd", pending[0], "-o", f"jsonpath={jsonpath}", check=False)
+            if got.stdout.strip() == "True":
+                pending.pop(0)
+            elif time.monotonic() > deadline:
+                raise ClusterError(f"CRD {pending[0]} not Established after {timeout:.0f} s")
+            else:
+                time.sleep(0.2)
 
 
 def _load(root: Path) -> ControlPlane | None:
@@ -536,8 +558,7 @@ def start(
         binary(name)
     tool("kubectl"), tool("helm")
     root.mkdir(parents=True, exist_ok=True)
-    for sub in ("etcd", "logs"):
-        _rm_tree(root / sub)
+    _rm_tree(root / "logs")
     _write_pki(root / "pki")
     admin, cm = secrets.token_hex(24), secrets.token_hex(24)
     (root / "tokens.csv").write_text(
@@ -562,6 +583,7 @@ def start(
         f.chmod(0o600)
     try:
         progress("starting etcd")
+        _rm_tree(cp.etcd_data)
         cp.start_etcd()
         progress("starting kube-apiserver")
         cp.start_apiserver()
@@ -594,6 +616,7 @@ def stop(root: Path, progress=print) -> None:
     left = [n for n, pid in cp.state.pids.items() if _alive(pid)]
     if left:
         raise ClusterError(f"still running: {left}")
+    _rm_tree(cp.etcd_data)
     (root / "state.json").unlink(missing_ok=True)
 
 
