@@ -22,6 +22,7 @@ import pytest
 import yaml
 
 from diffar.operator import builders, schemacheck, trainjob
+from diffar.operator.api import DEFAULT_TRAINER_IMAGE
 from diffar.operator.runs import Run, Settings, validate
 
 from .conftest import EXAMPLES, ROOT, load_yaml
@@ -267,6 +268,7 @@ def test_chart_runtime_is_admitted_by_its_crd(runtime, runtime_crds):
     # A TrainJob without a command runs the same entrypoint as the operator's.
     assert (c["command"], c["args"]) == builders.trainer_command()
     assert c["imagePullPolicy"] == trainjob.RUNTIME_PULL_POLICY
+    assert c["image"] == DEFAULT_TRAINER_IMAGE  # the runs' default, so the two never drift
 
 
 def test_namespaced_chart_ships_a_runtime_per_namespace(runtime_crds):
