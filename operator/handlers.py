@@ -4,7 +4,8 @@
 - a PyTorchJob or Job labelled diffar.io/run changes: reconcile its owner run;
 - a timer per run (DIFFAR_PROGRESS_INTERVAL, 30 s): reconcile with a progress scrape while
   training (and a resync of anything missed);
-- a run is deleted: its Pushgateway group is removed (children go by ownerReferences).
+- a run is deleted: its Pushgateway group (job, namespace, run) is removed (children go by
+  ownerReferences); the only request the operator sends to a URL a user named.
 
 Importing this module registers the handlers in kopf's default registry; `run_operator()` is
 what `diffar operator` calls.
@@ -25,6 +26,7 @@ from diffar.operator.builders import LABEL_RUN, grouping_key, pushgateway_url
 from diffar.operator.kube import Kube
 from diffar.operator.runs import Run, Settings, SpecError
 from diffar.operator.status import is_finished
+from diffar.operator.urls import UnsafeURL, pushgateway_group_url
 
 log = logging.getLogger("diffar.operator")
 FINALIZER = "diffar.io/finalizer"
@@ -84,14 +86,28 @@ def on_run_delete(body: kopf.Body, namespace: str, name: str, memo: kopf.Memo, *
         delete_pushgateway_group(base, grouping_key(run))
 
 
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args, **kwargs):  # a redirect would aim the request elsewhere
+        return None
+
+
+_opener = urllib.request.build_opener(_NoRedirects)
+
+
 def delete_pushgateway_group(base: str, key: dict[str, str], timeout: float = 5.0) -> bool:
-    """DELETE /metrics/job/<job>/<label>/<value>...: best effort, never blocks deletion."""
+    """DELETE <base>/metrics/job/<job>/<label>/<value>...: best effort, never blocks deletion.
+
+    The URL is rebuilt from the checked parts of `base` (diffar.operator.urls): the request goes
+    to the documented Pushgateway API path of the named host, or nowhere."""
     job = key["job"]
-    path = "".join(f"/{k}/{v}" for k, v in key.items() if k != "job")
-    url = f"{base.rstrip('/')}/metrics/job/{job}{path}"
+    try:
+        url = pushgateway_group_url(base, job, {k: v for k, v in key.items() if k != "job"})
+    except UnsafeURL as e:
+        log.warning("not deleting the Pushgateway group: %s", e)
+        return False
     try:
         req = urllib.request.Request(url, method="DELETE")
-        with urllib.request.urlopen(req, timeout=timeout):
+        with _opener.open(req, timeout=timeout):
             pass
         return True
     except OSError as e:
