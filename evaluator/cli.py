@@ -1,4 +1,4 @@
-"""Evaluator subcommands: `diffar eval` and `diffar fit`."""
+"""Evaluator subcommands: `diffar eval`, `diffar compare` and `diffar fit`."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import argparse
 
 def register(sub: argparse._SubParsersAction) -> None:
     _register_eval(sub)
+    _register_compare(sub)
     _register_fit(sub)
 
 
@@ -96,9 +97,39 @@ def _eval(args: argparse.Namespace) -> int:
 
     results = evaluate(eval_config_from_args(args))
     if args.json:
-        from diffar.evaluator.run import _finite
+        from diffar.evaluator.results import finite as _finite
 
         print(json.dumps(_finite(results), indent=2))
+    return 0
+
+
+def _register_compare(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "compare",
+        help="compare runs: one table, and a plot of validation loss against epochs",
+        description="Compare finished runs side by side: size, validation losses with their "
+        "standard errors, bits per byte, best and final validation loss during training, wall "
+        "time, tokens/s and task accuracies, and a PNG of each run's validation loss against "
+        "epochs. Each RUN is a local run folder (runs/<name>), a results.json, or an s3:// URI "
+        "of either.",
+    )
+    p.add_argument("inputs", nargs="+", metavar="RUN", help="run folders, results.json, s3://")
+    p.add_argument(
+        "--plot",
+        default="compare-val-loss.png",
+        help="where the plot goes (default compare-val-loss.png)",
+    )
+    p.add_argument("--no-plot", action="store_true", help="print the table only")
+    p.add_argument("--json", action="store_true", help="print the comparison as JSON")
+    p.set_defaults(handler=_compare)
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from diffar.evaluator.compare import compare
+
+    print(compare(args.inputs, None if args.no_plot else Path(args.plot), as_json=args.json))
     return 0
 
 
@@ -129,6 +160,12 @@ def _register_fit(sub: argparse._SubParsersAction) -> None:
         metavar="OBJ.PARAM=VALUE",
         help="hold a constant fixed, e.g. mdm.R_N=5.31 (repeatable)",
     )
+    p.add_argument(
+        "--paper-constants",
+        action="store_true",
+        help="hold alpha, beta (0.353), R_N* (5.31) and R_D* (AR 31, MDM 500) at the paper's "
+        "values and fit E, A, B: for a handful of runs (4 points per objective)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="print the fit as JSON")
     p.set_defaults(handler=_fit)
@@ -145,4 +182,5 @@ def _fit(args: argparse.Namespace) -> int:
         fixed=args.fix,
         seed=args.seed,
         as_json=args.json,
+        paper_constants=args.paper_constants,
     )

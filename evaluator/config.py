@@ -5,14 +5,18 @@ Light on imports (pydantic only) so the operator can render it into the eval Job
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from diffar.trainer.config import format_validation, load_mapping
 from diffar.trainer.errors import UserError
 
+# The shipped tasks (evaluator/tasks.py reads their data); kept here so that config loading needs
+# no task data. tests/evaluator checks the two lists agree.
+KNOWN_TASKS = ("arc_easy", "boolq", "copa", "hellaswag", "piqa", "winogrande", "sciq", "lambada")
 DEFAULT_TASKS = (
     "arc_easy",
     "boolq",
@@ -58,6 +62,12 @@ class EvalConfig(BaseModel):
         list(DEFAULT_TASKS), description="Downstream tasks, or paths of JSONL task files"
     )
     limit: int | None = Field(None, ge=1, description="At most N instances per task")
+    train_log: str | None = Field(
+        None,
+        description="The trainer's step log (metrics.log_file; path, file:// or s3://): "
+        "results.json then carries the training summary (best validation loss, its epoch, "
+        "wall time, tokens/s, the validation curve)",
+    )
     mdm_scoring: Literal["elbo", "chain_rule"] = Field(
         "elbo", description="How an MDM scores an answer: Monte Carlo ELBO or exact chain rule"
     )
@@ -79,6 +89,23 @@ class EvalConfig(BaseModel):
     seed: int = Field(0, ge=0)
     progress: bool = Field(True, description="Progress bars on stderr")
     cache_dir: str = Field(".diffar-cache", description="Local cache for remote files")
+
+    @field_validator("tasks")
+    @classmethod
+    def _known_tasks(cls, tasks: list[str]) -> list[str]:
+        # Checked here, at load, so a typo fails before the model is loaded and validated on.
+        unknown = [t for t in tasks if not is_task_file(t) and t not in KNOWN_TASKS]
+        if unknown:
+            raise ValueError(
+                f"unknown task{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}; known: "
+                f"{', '.join(KNOWN_TASKS)}, or a path to a .jsonl task file"
+            )
+        return tasks
+
+
+def is_task_file(name: str) -> bool:
+    """A task given as a JSONL file rather than by name (`tasks.load_task` reads those)."""
+    return name.endswith(".jsonl") or os.sep in name or name.startswith("file://")
 
 
 def parse_eval_config(raw: dict) -> EvalConfig:

@@ -1,4 +1,5 @@
-"""Evaluation results to a Prometheus Pushgateway (push-add, grouping job=diffar-eval, run=NAME).
+"""Evaluation results to a Prometheus Pushgateway (push-add, grouping job=diffar-eval,
+namespace=NS, run=NAME).
 
 Metrics (every series also labelled objective, unique_tokens and epochs):
 
@@ -16,7 +17,9 @@ renamed exported_job.
 
 from __future__ import annotations
 
-from diffar.trainer.errors import UserError
+import os
+import sys
+import time
 
 JOB = "diffar-eval"
 COMMON = ("objective", "unique_tokens", "epochs")
@@ -69,24 +72,50 @@ def build_registry(results: dict):
     return registry
 
 
-def push_results(results: dict, gateway: str, timeout: float = 10.0) -> None:
-    """Push-add the results' metrics; a failed push is a one-line UserError."""
+def grouping_key(results: dict, namespace: str | None = None) -> dict[str, str]:
+    """namespace and run: the operator deletes exactly this group when the run is deleted, and
+    same-named runs of two namespaces never overwrite each other. The namespace is the pod's
+    (DIFFAR_NAMESPACE, from the downward API); `local` outside a cluster."""
+    ns = namespace or os.environ.get("DIFFAR_NAMESPACE") or "local"
+    return {"namespace": ns, "run": str(results.get("run") or "unnamed")}
+
+
+def push_results(
+    results: dict,
+    gateway: str,
+    timeout: float = 10.0,
+    *,
+    attempts: int = 4,
+    backoff: float = 0.5,
+    namespace: str | None = None,
+    sleep=time.sleep,
+) -> bool:
+    """Push-add the results' metrics, retrying with exponential backoff (0.5, 1, 2 s: a
+    Pushgateway restart, not an outage). True when pushed. A push that still fails is a warning
+    on stderr and False, never an error: the evaluation succeeded and its results.json stays, so
+    a Pushgateway outage must neither fail the evaluator Job nor have it rerun."""
     from prometheus_client import pushadd_to_gateway
 
     registry = build_registry(results)
-    try:
-        pushadd_to_gateway(
-            gateway,
-            job=JOB,
-            grouping_key={"run": str(results.get("run") or "unnamed")},
-            registry=registry,
-            timeout=timeout,
-        )
-    except OSError as e:  # URLError, ConnectionError and HTTPError are OSErrors
-        where = results.get("results_uri", "results.json")
-        raise UserError(
-            f"push to Pushgateway {gateway} failed ({e}); results are in {where}"
-        ) from None
+    key = grouping_key(results, namespace)
+    error: Exception | None = None
+    for attempt in range(attempts):
+        if attempt:
+            sleep(backoff * 2 ** (attempt - 1))
+        try:
+            pushadd_to_gateway(
+                gateway, job=JOB, grouping_key=key, registry=registry, timeout=timeout
+            )
+            return True
+        except OSError as e:  # URLError, ConnectionError and HTTPError are OSErrors
+            error = e
+    where = results.get("results_uri", "results.json")
+    print(
+        f"warning: push to Pushgateway {gateway} failed after {attempts} attempts ({error}); "
+        f"the evaluation succeeded and its results are in {where}",
+        file=sys.stderr,
+    )
+    return False
 
 
 def _set(gauge, labels: dict, value) -> None:

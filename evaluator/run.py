@@ -20,10 +20,11 @@ from pathlib import Path
 import torch
 
 from diffar.evaluator.config import EvalConfig
+from diffar.evaluator.results import RESULTS_NAME, summary, training_summary
+from diffar.evaluator.results import finite as _finite
 from diffar.trainer.errors import UserError
 
 RESULTS_FORMAT = "diffar-results/v1"
-RESULTS_NAME = "results.json"
 
 
 class _Autocast(torch.nn.Module):
@@ -76,6 +77,36 @@ def fetch_model(model_uri: str, cache_dir: str) -> Path:
     return dest
 
 
+def _training(train_log: str | None, tcfg) -> dict | None:
+    """The training summary from the trainer's step log, when the config names one."""
+    if not train_log:
+        return None
+    from diffar.evaluator.results import parse_log, read_uri_text
+
+    try:
+        text = read_uri_text(train_log)
+    except UserError as e:
+        print(f"diffar eval: no training summary: {e}", file=sys.stderr)
+        return None
+    return training_summary(parse_log(text), tcfg.global_batch * tcfg.model.seq_len)
+
+
+def _load_model(load_export, path: Path, device: torch.device):
+    """The exported model, or one line saying that the file is not one (torch.load of another
+    file fails with whatever its unpickler tripped over)."""
+    import pickle
+    import zipfile
+
+    try:
+        return load_export(path, device=device)
+    except (pickle.UnpicklingError, zipfile.BadZipFile, EOFError, RuntimeError) as e:
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise UserError(
+            f"{path} is not a diffar model export ({reason}); give a checkpoint dir holding "
+            "export/model.pt, or that model.pt"
+        ) from None
+
+
 def results_uri(uri: str) -> str:
     """A .json URI as is; anything else is a directory that gets results.json."""
     uri = uri.rstrip("/")
@@ -113,7 +144,7 @@ def evaluate(cfg: EvalConfig, log=None) -> dict:
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     started = time.time()
     device = resolve_device(cfg.device)
-    exported = load_export(fetch_model(cfg.model_uri, cfg.cache_dir), device=device)
+    exported = _load_model(load_export, fetch_model(cfg.model_uri, cfg.cache_dir), device)
     tcfg = exported.config
     model = exported.model
     runner = _Autocast(model, device.type) if use_bf16(cfg.precision, device) else model
@@ -231,6 +262,7 @@ def evaluate(cfg: EvalConfig, log=None) -> dict:
         "precision": "bf16" if use_bf16(cfg.precision, device) else "fp32",
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "eval_seconds": round(time.time() - started, 3),
+        "training": _training(cfg.train_log, tcfg),
         "config": cfg.model_dump(mode="json"),
     }
     out = results_uri(cfg.output_uri or default_output_uri(cfg.model_uri))
@@ -245,26 +277,9 @@ def evaluate(cfg: EvalConfig, log=None) -> dict:
     if gateway:
         from diffar.evaluator.pushgateway import push_results
 
-        push_results(results, gateway)
-        log(f"  pushed to {gateway} (job=diffar-eval, run={name})")
+        if push_results(results, gateway):
+            log(f"  pushed to {gateway} (job=diffar-eval, run={name})")
     return results
-
-
-def summary(results: dict, limit: int = 4096) -> str:
-    """The compact results the operator reads from the eval pod's termination message (at most
-    4 KiB): loss, its estimator, validation losses, task accuracies and where results.json is."""
-    doc = {
-        "loss": results.get("loss"),
-        "loss_estimator": results.get("loss_estimator"),
-        "validation": {k: v.get("loss") for k, v in (results.get("validation") or {}).items()},
-        "tasks": {k: v.get("acc") for k, v in (results.get("tasks") or {}).items()},
-        "results_uri": results.get("results_uri"),
-    }
-    text = json.dumps(_finite(doc), separators=(",", ":"))
-    if len(text.encode()) > limit:  # many custom tasks: keep the headline numbers
-        doc["tasks"] = {}
-        text = json.dumps(_finite(doc), separators=(",", ":"))
-    return text
 
 
 def write_summary(path: Path, results: dict) -> None:
@@ -276,14 +291,3 @@ def write_summary(path: Path, results: dict) -> None:
 
 def _env_gateway() -> str | None:
     return os.environ.get("DIFFAR_PUSHGATEWAY_URL") or None
-
-
-def _finite(obj):
-    """JSON has no NaN: a standard error of one sample is written as null."""
-    if isinstance(obj, float):
-        return obj if obj == obj and abs(obj) != float("inf") else None
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_finite(v) for v in obj]
-    return obj

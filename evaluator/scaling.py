@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import io
 import json
 import math
 import sys
@@ -33,7 +34,7 @@ from pathlib import Path
 import numpy as np
 from scipy.optimize import brentq, minimize, minimize_scalar
 
-from diffar.trainer.errors import UserError
+from diffar.trainer.errors import UserError, read_text
 
 PARAMS = ("E", "A", "B", "alpha", "beta", "R_D_star", "R_N_star")
 HUBER_DELTA = 1e-3
@@ -404,7 +405,7 @@ def read_points(paths: list[str]) -> list[Point]:
         if not path.is_file():
             raise UserError(f"{p}: no such file")
         if path.suffix.lower() == ".csv":
-            with open(path, newline="") as f:
+            with io.StringIO(read_text(path, "CSV"), newline="") as f:
                 reader = csv.DictReader(f)
                 need = {"objective", "params", "unique_tokens", "epochs", "loss"}
                 if not need <= set(reader.fieldnames or ()):
@@ -413,7 +414,7 @@ def read_points(paths: list[str]) -> list[Point]:
                     points.append(_point(row, f"{p}:{i}"))
         else:
             try:
-                data = json.loads(path.read_text())
+                data = json.loads(read_text(path, "results.json"))
             except json.JSONDecodeError as e:
                 raise UserError(f"{p}: not JSON ({e})") from None
             for j, row in enumerate(data if isinstance(data, list) else [data]):
@@ -461,6 +462,37 @@ def parse_fixed(items: list[str]) -> dict[str, dict[str, float]]:
 
 # ---------------------------------------------------------------- the command
 
+# What `--paper-constants` holds fixed: the exponents and R_N* of Muennighoff et al. (2023), which
+# the paper adopts, and the paper's R_D* at U = 100M (about 31 for AR, about 500 for diffusion).
+# E, A and B stay free: they depend on the tokenizer and the data, and need 4 points.
+PAPER_CONSTANTS = {
+    "ar": {"alpha": 0.353, "beta": 0.353, "R_D_star": 31.0, "R_N_star": 5.31},
+    "mdm": {"alpha": 0.353, "beta": 0.353, "R_D_star": 500.0, "R_N_star": 5.31},
+}
+
+
+def paper_fixes() -> dict[str, dict[str, float]]:
+    return {obj: dict(values) for obj, values in PAPER_CONSTANTS.items()}
+
+
+def check_enough_points(objective: str, n: int, fixed: dict, paper_constants: bool) -> None:
+    """Say what grid the law needs, instead of only that it cannot be fitted."""
+    free = [p for p in PARAMS if p not in fixed]
+    if n > len(free):
+        return
+    hint = (
+        "or add --paper-constants to hold alpha, beta, R_D* and R_N* at the paper's values and "
+        "fit E, A, B only (4 points)"
+        if not paper_constants
+        else "or --fix more constants"
+    )
+    raise UserError(
+        f"{objective}: {n} point(s) cannot fit {len(free)} free constants (need at least "
+        f"{len(free) + 1}). The law needs a grid per objective: two or more model sizes, two or "
+        "more unique-token budgets, and several epoch counts each (a CSV of the validation "
+        "curves gives one point per validation; `diffar reproduce` writes such a grid); " + hint
+    )
+
 
 def fit_command(
     inputs: list[str],
@@ -470,13 +502,28 @@ def fit_command(
     fixed: list[str] | None = None,
     seed: int = 0,
     as_json: bool = False,
+    paper_constants: bool = False,
 ) -> int:
     points = read_points(inputs)
-    fixes = parse_fixed(fixed or [])
+    fixes = paper_fixes() if paper_constants else {"ar": {}, "mdm": {}}
+    for obj, values in parse_fixed(fixed or []).items():
+        fixes[obj].update(values)  # --fix wins over --paper-constants
     fits: dict[str, LawFit] = {}
+    short: list[UserError] = []
     for obj in ("ar", "mdm"):
-        if any(p.objective == obj for p in points):
-            fits[obj] = fit_law(points, obj, fixes[obj], bootstrap=bootstrap, seed=seed)
+        n = sum(p.objective == obj for p in points)
+        if not n:
+            continue
+        try:
+            check_enough_points(obj, n, fixes[obj], paper_constants)
+        except UserError as e:
+            short.append(e)
+            continue
+        fits[obj] = fit_law(points, obj, fixes[obj], bootstrap=bootstrap, seed=seed)
+    if short and not fits:
+        raise short[0]
+    for e in short:  # fit what can be fitted; say what could not
+        print(f"diffar fit: {e}", file=sys.stderr)
     out: dict = {"objectives": {k: f.to_dict() for k, f in fits.items()}}
     if "ar" in fits and "mdm" in fits:
         ar, mdm = fits["ar"].values, fits["mdm"].values

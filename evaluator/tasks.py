@@ -20,6 +20,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from diffar.evaluator.config import is_task_file
 from diffar.trainer.errors import UserError
 
 MULTIPLE_CHOICE = ("arc_easy", "boolq", "copa", "hellaswag", "piqa", "winogrande", "sciq")
@@ -84,7 +85,7 @@ def read_arrow(folder: Path) -> list[dict]:
 
 def load_task(name: str, limit: int | None = None, root: Path | None = None) -> Task:
     """A task by name, or a JSONL fixture by path (rows: contexts, continuations, gold)."""
-    if name.endswith(".jsonl") or os.sep in name:
+    if is_task_file(name):
         return load_jsonl_task(Path(name.removeprefix("file://")), limit)
     if name not in TASKS:
         raise UserError(f"unknown task {name!r}; known: {', '.join(TASKS)} (RACE is not shipped)")

@@ -15,7 +15,17 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
+
+from diffar.evaluator.tasks import TASKS as EVALUATOR_TASKS
+from diffar.operator.urls import BLOCKED_HOSTS_MESSAGE, BLOCKED_HOSTS_RULE, URL_PATTERN, url_problem
 
 GROUP = "diffar.io"
 VERSION = "v1alpha1"
@@ -27,32 +37,99 @@ MAX_RUN_NAME = 40
 DNS1035 = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
 DNS1123_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 DNS1123_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
-# A store URI the trainer reads: s3://bucket/prefix or file:///absolute/path.
-# s3://bucket/prefix, file:///abs/path, or a relative path (only `diffar run --local` accepts those).
-STORE_URI = r"^(s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?|file:///.*|[A-Za-z0-9._][^:]*)$"
+# ---------------------------------------------------------------------------------------------
+# Field patterns and bounds: the one validation layer. Every string that reaches a pod, a URL, a
+# label or an environment variable has a pattern here (no whitespace, control characters or shell
+# text gets through), every count an upper bound. The same constraints become the CRD's schema
+# (crdgen) and are enforced by these models with strict types (no "5" -> 5, no "true" -> True),
+# so `diffar render` and the API server give the same verdict (tests/operator/test_bad_input.py).
+
+# RFC 3986 path characters without '?' and '#' and without the shell's and the kubelet's
+# metacharacters ($, parentheses, quotes, ';', '&', '!', '*'): no whitespace, control characters,
+# `$(VAR)` expansion, query string or fragment.
+_PATH_CHARS = r"[-A-Za-z0-9._~%=:@/+,]"
+# s3://bucket/prefix, file:///abs/path, or a relative path (only `diffar run --local` reads those
+# two; the operator refuses them: see CLUSTER_URI_RULE).
+STORE_URI = (
+    rf"^(s3://[a-z0-9][a-z0-9.-]{{1,61}}[a-z0-9](/{_PATH_CHARS}*)?"
+    rf"|file:///{_PATH_CHARS}*"
+    r"|[A-Za-z0-9._][-A-Za-z0-9._~%=@/+,]*)$"
+)
+CLUSTER_URI_RULE = {
+    "rule": "self.startsWith('s3://')",
+    "message": "must be an s3:// URI on a cluster: file:// and relative paths name files on one "
+    "machine and are for `diffar run --local` only",
+}
+# A non-negative Kubernetes quantity (no sign: requests and sizes are never negative).
 QUANTITY = (
-    r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]"
+    r"^(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]"
     r"|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
 )
-# A resource name such as nvidia.com/gpu or amd.com/gpu (a qualified name with a prefix).
-RESOURCE_NAME = r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$"
-IMAGE = r"^[^\s]+$"
-Quantity = int | Annotated[str, StringConstraints(pattern=QUANTITY, max_length=64)]
-
-TASKS = (
-    "arc_easy",
-    "boolq",
-    "copa",
-    "hellaswag",
-    "piqa",
-    "race",
-    "winogrande",
-    "sciq",
-    "lambada",
+MAX_QUANTITY = 2**53  # plain-integer quantities: exact in JSON and in int64
+_DNS_PREFIX = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*"
+_NAME = r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?"
+# A label key or taint key: [prefix/]name (core/v1's qualified name).
+QUALIFIED_NAME = rf"^({_DNS_PREFIX}/)?{_NAME}$"
+LABEL_VALUE = r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$"
+# An extended resource: a domain prefix is required (nvidia.com/gpu, amd.com/gpu), so a GPU
+# resource can never be a standard one such as cpu, memory or hugepages-2Mi.
+EXTENDED_RESOURCE = (
+    r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)+/"
+    r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"
 )
-Task = Literal[
-    "arc_easy", "boolq", "copa", "hellaswag", "piqa", "race", "winogrande", "sciq", "lambada"
-]
+NOT_KUBERNETES_IO = {
+    "rule": "!self.startsWith('kubernetes.io/') && !self.contains('.kubernetes.io/')",
+    "message": "must not be a kubernetes.io resource: name the device plugin's extended "
+    "resource, such as nvidia.com/gpu",
+}
+# An image reference: [registry[:port]/]path[:tag][@sha256:digest], lower-case path.
+IMAGE = (
+    r"^[a-z0-9]([-a-z0-9._]*[a-z0-9])?(:[0-9]{1,5})?(/[a-z0-9]([-a-z0-9._]*[a-z0-9])?)*"
+    r"(:[A-Za-z0-9_][-A-Za-z0-9_.]{0,127})?(@sha256:[a-f0-9]{64})?$"
+)
+# A Secret's data key (core/v1: alphanumerics, '-', '_' and '.').
+SECRET_KEY = r"^[-._A-Za-z0-9]+$"
+REGION = r"^[a-z0-9]([-a-z0-9]{0,30}[a-z0-9])?$"
+# Counts whose product (steps, tokens seen) must stay far below int64.
+MAX_UNIQUE_TOKENS = 10**13
+MAX_STEPS = 10**12
+
+Quantity = (
+    Annotated[int, Field(ge=0, le=MAX_QUANTITY)]
+    | Annotated[str, StringConstraints(pattern=QUANTITY, max_length=64)]
+)
+LabelKey = Annotated[str, StringConstraints(pattern=QUALIFIED_NAME, max_length=316)]
+LabelValue = Annotated[str, StringConstraints(pattern=LABEL_VALUE, max_length=63)]
+SecretName = Annotated[str, StringConstraints(pattern=DNS1123_SUBDOMAIN, max_length=253)]
+
+
+def _rules(*rules: dict[str, str]) -> dict[str, Any]:
+    return {"x-kubernetes-validations": list(rules)}
+
+
+def _url_check(value: str | None) -> str | None:
+    if value is not None:
+        problem = url_problem(value)
+        if problem:
+            raise ValueError(problem)
+    return value
+
+
+def _unique(values: list) -> list:
+    seen = []
+    for v in values:
+        if v in seen:
+            raise ValueError(f"duplicate entry {v!r}")
+        seen.append(v)
+    return values
+
+
+_URL_RULES = _rules({"rule": BLOCKED_HOSTS_RULE, "message": BLOCKED_HOSTS_MESSAGE})
+
+# The tasks the evaluator ships (its registry), so a run naming another one is refused at
+# admission and by render, not after training.
+TASKS: tuple[str, ...] = tuple(EVALUATOR_TASKS)
+Task = Literal[TASKS]  # type: ignore[valid-type]
 Phase = Literal["Pending", "Queued", "Training", "Evaluating", "Succeeded", "Failed", "Suspended"]
 PHASES: tuple[str, ...] = Phase.__args__  # type: ignore[attr-defined]
 
@@ -72,7 +149,9 @@ def _immutable(what: str) -> dict[str, Any]:
 
 
 class _Spec(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # strict: a manifest's "8" is not 8 and "true" is not True (the API server agrees);
+    # no NaN or infinity (YAML can spell them, JSON and the CRD cannot).
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
 
 class ModelSpec(_Spec):
@@ -118,19 +197,22 @@ class DataSpec(_Spec):
         ...,
         max_length=1024,
         pattern=STORE_URI,
-        description="Training token shards: s3://bucket/prefix or file:///path of a dataset "
-        "made by `diffar data prepare`.",
+        description="Training token shards: s3://bucket/prefix of a dataset made by "
+        "`diffar data prepare` (file:///path and relative paths: `diffar run --local` only).",
+        json_schema_extra=_rules(CLUSTER_URI_RULE),
     )
     valUri: str | None = Field(
         None,
         max_length=1024,
         pattern=STORE_URI,
-        description="Validation token shards (s3:// or file:///); required when evaluation is "
-        "enabled.",
+        description="Validation token shards (s3://; file:/// for local runs); required when "
+        "evaluation is enabled.",
+        json_schema_extra=_rules(CLUSTER_URI_RULE),
     )
     uniqueTokens: int = Field(
         ...,
         ge=2,
+        le=MAX_UNIQUE_TOKENS,
         description="U: train on the first U tokens of the training set (the paper's quickstart "
         "uses 100M, 99952399 tokens).",
     )
@@ -149,15 +231,9 @@ class TrainingSpec(_Spec):
     model_config = ConfigDict(
         json_schema_extra={
             "x-kubernetes-validations": [
-                # has(): the API server also checks these rules against the object's `default: {}`,
-                # before the fields' own defaults fill it in.
+                {"rule": "self.minLr <= self.lr", "message": "training.minLr must not exceed lr"},
                 {
-                    "rule": "!has(self.minLr) || !has(self.lr) || self.minLr <= self.lr",
-                    "message": "training.minLr must not exceed lr",
-                },
-                {
-                    "rule": "!has(self.microBatch) || !has(self.globalBatch) || "
-                    "self.microBatch <= self.globalBatch",
+                    "rule": "self.microBatch <= self.globalBatch",
                     "message": "training.microBatch must not exceed globalBatch",
                 },
             ]
@@ -188,6 +264,7 @@ class TrainingSpec(_Spec):
     maxSteps: int | None = Field(
         None,
         ge=1,
+        le=MAX_STEPS,
         description="Stop after this many steps (the learning-rate schedule is unchanged); "
         "for smoke runs.",
     )
@@ -207,17 +284,162 @@ class DiffusionSpec(_Spec):
 class Toleration(_Spec):
     """A pod toleration (core/v1 Toleration)."""
 
-    key: str | None = Field(None, max_length=316, description="Taint key; empty matches all keys.")
+    model_config = ConfigDict(
+        json_schema_extra=_rules(
+            {
+                "rule": "self.operator != 'Exists' || !has(self.value) || self.value == ''",
+                "message": "a toleration with operator Exists has no value",
+            },
+            {
+                "rule": "!has(self.tolerationSeconds) || self.effect == 'NoExecute'",
+                "message": "tolerationSeconds needs effect NoExecute",
+            },
+        )
+    )
+
+    key: str | None = Field(
+        None,
+        max_length=316,
+        pattern=QUALIFIED_NAME,
+        description="Taint key; empty matches all keys.",
+    )
     operator: Literal["Exists", "Equal"] = Field(
         "Equal", description="Exists matches any value; Equal matches value."
     )
-    value: str | None = Field(None, max_length=63, description="Taint value for operator Equal.")
+    value: str | None = Field(
+        None, max_length=63, pattern=LABEL_VALUE, description="Taint value for operator Equal."
+    )
     effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(
         None, description="Taint effect to tolerate; empty tolerates all effects."
     )
     tolerationSeconds: int | None = Field(
-        None, ge=0, description="For NoExecute: how long the pod stays bound after the taint."
+        None,
+        ge=0,
+        le=10**9,
+        description="For NoExecute: how long the pod stays bound after the taint.",
     )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Toleration:
+        if self.operator == "Exists" and self.value:
+            raise ValueError("a toleration with operator Exists has no value")
+        if self.tolerationSeconds is not None and self.effect != "NoExecute":
+            raise ValueError("tolerationSeconds needs effect NoExecute")
+        return self
+
+
+# Affinity: typed (core/v1 Affinity's fields, bounded), so a typo is refused instead of dropped
+# and no object of megabytes reaches every pod.
+_AFF_LIST = 16
+
+
+class LabelSelectorRequirement(_Spec):
+    """A label selector requirement (metav1.LabelSelectorRequirement)."""
+
+    key: LabelKey = Field(..., description="Label key.")
+    operator: Literal["In", "NotIn", "Exists", "DoesNotExist"] = Field(
+        ..., description="In, NotIn, Exists or DoesNotExist."
+    )
+    values: list[LabelValue] = Field(
+        default_factory=list, max_length=64, description="Values for In and NotIn."
+    )
+
+
+class LabelSelector(_Spec):
+    """A label selector (metav1.LabelSelector)."""
+
+    matchLabels: dict[LabelKey, LabelValue] = Field(
+        default_factory=dict, max_length=64, description="Labels the pods must carry."
+    )
+    matchExpressions: list[LabelSelectorRequirement] = Field(
+        default_factory=list, max_length=_AFF_LIST, description="Label requirements, all of them."
+    )
+
+
+class NodeSelectorRequirement(_Spec):
+    """A node selector requirement (core/v1 NodeSelectorRequirement)."""
+
+    key: LabelKey = Field(..., description="Node label key (or field name for matchFields).")
+    operator: Literal["In", "NotIn", "Exists", "DoesNotExist", "Gt", "Lt"] = Field(
+        ..., description="In, NotIn, Exists, DoesNotExist, Gt or Lt."
+    )
+    values: list[LabelValue] = Field(
+        default_factory=list, max_length=64, description="Values for In, NotIn, Gt and Lt."
+    )
+
+
+class NodeSelectorTerm(_Spec):
+    """A node selector term: all its requirements hold (core/v1 NodeSelectorTerm)."""
+
+    matchExpressions: list[NodeSelectorRequirement] = Field(
+        default_factory=list, max_length=_AFF_LIST, description="Requirements on node labels."
+    )
+    matchFields: list[NodeSelectorRequirement] = Field(
+        default_factory=list, max_length=_AFF_LIST, description="Requirements on node fields."
+    )
+
+
+class NodeSelector(_Spec):
+    """Node selector terms, any of which selects a node (core/v1 NodeSelector)."""
+
+    nodeSelectorTerms: list[NodeSelectorTerm] = Field(
+        ..., min_length=1, max_length=_AFF_LIST, description="Terms, ORed."
+    )
+
+
+class PreferredSchedulingTerm(_Spec):
+    """A weighted node preference (core/v1 PreferredSchedulingTerm)."""
+
+    weight: int = Field(..., ge=1, le=100, description="Weight, 1-100.")
+    preference: NodeSelectorTerm = Field(..., description="The preferred nodes.")
+
+
+class NodeAffinity(_Spec):
+    """Node affinity (core/v1 NodeAffinity)."""
+
+    requiredDuringSchedulingIgnoredDuringExecution: NodeSelector | None = Field(
+        None, description="Nodes the pods must run on."
+    )
+    preferredDuringSchedulingIgnoredDuringExecution: list[PreferredSchedulingTerm] = Field(
+        default_factory=list, max_length=_AFF_LIST, description="Nodes the pods prefer."
+    )
+
+
+class PodAffinityTerm(_Spec):
+    """Pods to be near (or away from), by topology (core/v1 PodAffinityTerm)."""
+
+    labelSelector: LabelSelector | None = Field(None, description="The pods.")
+    namespaceSelector: LabelSelector | None = Field(None, description="Their namespaces.")
+    namespaces: list[Annotated[str, StringConstraints(pattern=DNS1123_LABEL, max_length=63)]] = (
+        Field(default_factory=list, max_length=_AFF_LIST, description="Their namespaces, by name.")
+    )
+    topologyKey: LabelKey = Field(..., description="Node label of the topology domain.")
+
+
+class WeightedPodAffinityTerm(_Spec):
+    """A weighted pod affinity term (core/v1 WeightedPodAffinityTerm)."""
+
+    weight: int = Field(..., ge=1, le=100, description="Weight, 1-100.")
+    podAffinityTerm: PodAffinityTerm = Field(..., description="The term.")
+
+
+class PodAffinity(_Spec):
+    """Pod affinity or anti-affinity (core/v1 PodAffinity, PodAntiAffinity)."""
+
+    requiredDuringSchedulingIgnoredDuringExecution: list[PodAffinityTerm] = Field(
+        default_factory=list, max_length=_AFF_LIST, description="Terms that must hold."
+    )
+    preferredDuringSchedulingIgnoredDuringExecution: list[WeightedPodAffinityTerm] = Field(
+        default_factory=list, max_length=_AFF_LIST, description="Terms preferred."
+    )
+
+
+class Affinity(_Spec):
+    """Pod scheduling affinity (core/v1 Affinity)."""
+
+    nodeAffinity: NodeAffinity | None = Field(None, description="Node affinity.")
+    podAffinity: PodAffinity | None = Field(None, description="Pod affinity.")
+    podAntiAffinity: PodAffinity | None = Field(None, description="Pod anti-affinity.")
 
 
 class ResourcesSpec(_Spec):
@@ -232,9 +454,19 @@ class ResourcesSpec(_Spec):
     gpuResource: str = Field(
         "nvidia.com/gpu",
         max_length=253,
-        pattern=RESOURCE_NAME,
-        description="Extended resource name of a GPU, e.g. nvidia.com/gpu or amd.com/gpu.",
+        pattern=EXTENDED_RESOURCE,
+        description="Extended resource name of a GPU, e.g. nvidia.com/gpu or amd.com/gpu (a "
+        "domain-prefixed name: never cpu, memory or another standard resource).",
+        json_schema_extra=_rules(NOT_KUBERNETES_IO),
     )
+
+    @field_validator("gpuResource")
+    @classmethod
+    def _extended(cls, value: str) -> str:
+        if value.startswith("kubernetes.io/") or ".kubernetes.io/" in value:
+            raise ValueError(NOT_KUBERNETES_IO["message"])
+        return value
+
     cpu: Quantity = Field(
         "16",
         description="CPU request per pod (a Kubernetes quantity).",
@@ -250,8 +482,16 @@ class ResourcesSpec(_Spec):
         description="Size of the memory-backed /dev/shm (NCCL and data loader workers).",
         json_schema_extra={"x-kubernetes-int-or-string": True},
     )
-    nodeSelector: dict[str, str] = Field(
-        default_factory=dict, description="Node labels the trainer and evaluator pods require."
+    cacheSize: Quantity = Field(
+        "64Gi",
+        description="Size limit of the pods' cache emptyDir (/var/cache/diffar: fetched token "
+        "shards and checkpoints); the kubelet evicts a pod that writes more.",
+        json_schema_extra={"x-kubernetes-int-or-string": True},
+    )
+    nodeSelector: dict[LabelKey, LabelValue] = Field(
+        default_factory=dict,
+        max_length=64,
+        description="Node labels the trainer and evaluator pods require.",
     )
     tolerations: list[Toleration] = Field(
         default_factory=list,
@@ -259,11 +499,10 @@ class ResourcesSpec(_Spec):
         description="Tolerations for GPU node taints.",
         json_schema_extra={"x-kubernetes-list-type": "atomic"},
     )
-    affinity: dict[str, Any] | None = Field(
+    affinity: Affinity | None = Field(
         None,
         description="Pod affinity, as core/v1 Affinity (nodeAffinity, podAffinity, "
-        "podAntiAffinity); copied to the pods unchanged.",
-        json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
+        "podAntiAffinity), typed and bounded.",
     )
     priorityClassName: str | None = Field(
         None,
@@ -276,15 +515,31 @@ class ResourcesSpec(_Spec):
 class CheckpointSpec(_Spec):
     """Where the trainer saves and resumes; the evaluator reads the newest checkpoint here."""
 
+    # On the object, not the optional field: a rule on `uri` itself would not run when the field
+    # is removed (and a later edit could add another one).
+    model_config = ConfigDict(
+        json_schema_extra=_rules(
+            {
+                "rule": "has(self.uri) == has(oldSelf.uri) && "
+                "(!has(self.uri) || self.uri == oldSelf.uri)",
+                "message": "checkpoint.uri is immutable (it cannot be changed, removed or added): "
+                "it holds the run's checkpoints; create a new run",
+            }
+        )
+    )
+
     uri: str | None = Field(
         None,
         max_length=1024,
         pattern=STORE_URI,
-        description="Checkpoint directory (s3:// or file:///); required for evaluation and for "
-        "resuming after a restart or suspension.",
-        json_schema_extra=_immutable("checkpoint.uri"),
+        description="Checkpoint directory (s3://; file:/// for local runs); required for "
+        "evaluation and for resuming after a restart or suspension. Immutable, and can be "
+        "neither removed nor added once the run exists.",
+        json_schema_extra=_rules(CLUSTER_URI_RULE),
     )
-    interval: int = Field(1000, ge=1, description="Save every N optimizer steps (and at the end).")
+    interval: int = Field(
+        1000, ge=1, le=10**9, description="Save every N optimizer steps (and at the end)."
+    )
     keep: int = Field(3, ge=1, le=1000, description="Keep the newest N checkpoints.")
 
 
@@ -295,10 +550,12 @@ class EvaluationSpec(_Spec):
     tasks: list[Task] = Field(
         default_factory=lambda: [t for t in TASKS if t != "race"],
         max_length=len(TASKS),
-        description="Downstream tasks to score (zero-shot accuracy). The default is the paper's "
-        "nine but RACE, which needs a data source the evaluator does not bundle.",
+        description="Downstream tasks to score (zero-shot accuracy), from the tasks the evaluator "
+        "ships; no duplicates. The default is all of them: the paper's nine but RACE, which needs "
+        "a data source the evaluator does not bundle.",
         json_schema_extra={"x-kubernetes-list-type": "set"},
     )
+    _tasks_unique = field_validator("tasks")(_unique)
     mcSamples: int = Field(
         32,
         ge=1,
@@ -307,16 +564,22 @@ class EvaluationSpec(_Spec):
         "computes exact likelihoods and ignores it.",
     )
     limit: int | None = Field(
-        None, ge=1, description="Score at most N instances per task (quick runs); unset: all."
+        None,
+        ge=1,
+        le=10**7,
+        description="Score at most N instances per task (quick runs); unset: all.",
     )
     gpus: int = Field(1, ge=0, le=64, description="GPUs of the evaluator pod (0: CPU only).")
     pushgatewayUrl: str | None = Field(
         None,
         max_length=1024,
-        pattern=r"^https?://[^\s]+$",
-        description="Prometheus Pushgateway for the final metrics; defaults to the operator's "
-        "DIFFAR_PUSHGATEWAY_URL.",
+        pattern=URL_PATTERN,
+        description="Prometheus Pushgateway for the final metrics, http(s)://host[:port][/path] "
+        "(no user, query or fragment; no link-local or metadata host); defaults to the "
+        "operator's DIFFAR_PUSHGATEWAY_URL.",
+        json_schema_extra=_URL_RULES,
     )
+    _pushgateway_safe = field_validator("pushgatewayUrl")(_url_check)
 
 
 class ValidationSpec(_Spec):
@@ -325,11 +588,12 @@ class ValidationSpec(_Spec):
     interval: int | None = Field(
         None,
         ge=1,
+        le=10**9,
         description="Validate every N optimizer steps and at the end (needs data.valUri); "
         "unset: only the evaluator measures validation loss.",
     )
     maxTokens: int = Field(
-        262144, ge=2, description="Validation tokens used: the first N of data.valUri."
+        262144, ge=2, le=10**12, description="Validation tokens used: the first N of data.valUri."
     )
 
 
@@ -348,10 +612,15 @@ class S3Spec(_Spec):
     endpoint: str | None = Field(
         None,
         max_length=1024,
-        pattern=r"^https?://[^\s]+$",
-        description="S3 endpoint URL for S3-compatible stores (MinIO, SeaweedFS); empty: AWS.",
+        pattern=URL_PATTERN,
+        description="S3 endpoint URL for S3-compatible stores (MinIO, SeaweedFS), "
+        "http(s)://host[:port][/path]; empty: AWS.",
+        json_schema_extra=_URL_RULES,
     )
-    region: str | None = Field(None, max_length=64, description="S3 region (AWS_DEFAULT_REGION).")
+    _endpoint_safe = field_validator("endpoint")(_url_check)
+    region: str | None = Field(
+        None, max_length=32, pattern=REGION, description="S3 region (AWS_DEFAULT_REGION)."
+    )
     credentialsSecret: str | None = Field(
         None,
         max_length=253,
@@ -360,11 +629,15 @@ class S3Spec(_Spec):
         "secretKeyRef, never copied. Empty: the pods' own identity (IRSA, workload identity).",
     )
     accessKeyIdKey: str = Field(
-        "AWS_ACCESS_KEY_ID", max_length=253, description="Key of the access key id in the Secret."
+        "AWS_ACCESS_KEY_ID",
+        max_length=253,
+        pattern=SECRET_KEY,
+        description="Key of the access key id in the Secret.",
     )
     secretAccessKeyKey: str = Field(
         "AWS_SECRET_ACCESS_KEY",
         max_length=253,
+        pattern=SECRET_KEY,
         description="Key of the secret access key in the Secret.",
     )
 
@@ -420,7 +693,8 @@ class ImagesSpec(_Spec):
         DEFAULT_TRAINER_IMAGE,
         max_length=512,
         pattern=IMAGE,
-        description="Trainer image (CUDA, DeepSpeed, the diffar package).",
+        description="Trainer image (CUDA, DeepSpeed, the diffar package): "
+        "registry/path[:tag][@sha256:digest]; pin a digest for reproducible runs.",
     )
     evaluator: str = Field(
         DEFAULT_EVALUATOR_IMAGE, max_length=512, pattern=IMAGE, description="Evaluator image."
@@ -428,12 +702,13 @@ class ImagesSpec(_Spec):
     pullPolicy: Literal["Always", "IfNotPresent", "Never"] = Field(
         "IfNotPresent", description="Image pull policy of every container."
     )
-    pullSecrets: list[str] = Field(
+    pullSecrets: list[SecretName] = Field(
         default_factory=list,
         max_length=16,
         description="Image pull Secret names in the run's namespace.",
         json_schema_extra={"x-kubernetes-list-type": "set"},
     )
+    _pull_secrets_unique = field_validator("pullSecrets")(_unique)
 
 
 _SPEC_RULES = [
@@ -579,6 +854,18 @@ class Results(_Status):
         default_factory=dict, description="Downstream task accuracies, 0-1, by task name."
     )
     resultsUri: str | None = Field(None, description="Where the full results.json was written.")
+    bestValLoss: float | None = Field(
+        None, description="Lowest validation loss during training (nats/token)."
+    )
+    bestValEpoch: float | None = Field(None, description="Epoch at which bestValLoss was reached.")
+    finalValLoss: float | None = Field(
+        None, description="Validation loss at the end of training (nats/token)."
+    )
+    finalTrainLoss: float | None = Field(None, description="Training loss of the last step.")
+    wallSeconds: float | None = Field(
+        None, description="Training wall time in seconds (validation excluded; resumes summed)."
+    )
+    tokensPerSecond: float | None = Field(None, description="Mean training throughput.")
 
 
 class Children(_Status):

@@ -22,7 +22,7 @@ importable. The operator fills:
 | key | from |
 | --- | --- |
 | model_uri | spec.checkpoint.uri (the evaluator loads the checkpoint's export/model.pt) |
-| name | the run's name (Pushgateway grouping job=diffar-eval, run=NAME) |
+| name | the run's name (Pushgateway grouping job=diffar-eval, namespace=NS, run=NAME) |
 | data_uri | spec.data.valUri |
 | tasks, samples, limit | spec.evaluation.tasks, .mcSamples, .limit |
 | output_uri | `<checkpoint.uri>/results.json` |
@@ -37,6 +37,7 @@ acc, ...}}, "results_uri": u}`. The operator copies it into `status.results`.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 from typing import Any
@@ -87,8 +88,9 @@ class EvalConfigDoc(BaseModel):
 
 
 def grouping_key(run: Run) -> dict[str, str]:
-    """The evaluator's Pushgateway group (diffar.evaluator.pushgateway: job=diffar-eval, run)."""
-    return {"job": PUSHGATEWAY_JOB, "run": run.name}
+    """The evaluator's Pushgateway group (diffar.evaluator.pushgateway: job=diffar-eval,
+    namespace, run): with the namespace, same-named runs in two namespaces never share one."""
+    return {"job": PUSHGATEWAY_JOB, "namespace": run.namespace, "run": run.name}
 
 
 def pushgateway_url(run: Run, settings: Settings) -> str | None:
@@ -218,8 +220,29 @@ def pod_volumes(run: Run) -> list[dict[str, Any]]:
             "name": "dshm",
             "emptyDir": {"medium": "Memory", "sizeLimit": str(run.spec.resources.sharedMemory)},
         },
-        {"name": "cache", "emptyDir": {}},
+        {"name": "cache", "emptyDir": {"sizeLimit": str(run.spec.resources.cacheSize)}},
     ]
+
+
+# The images run as uid 10001, gid 0 (Dockerfile). These settings satisfy Pod Security
+# "restricted" (tests/deploy/pod_security.py checks every rendered pod against its rules), so the
+# runs start in namespaces that enforce it. The root filesystem stays writable: torch and triton
+# write caches under $HOME.
+RUN_AS_USER = 10001
+POD_SECURITY_CONTEXT: dict[str, Any] = {
+    "runAsNonRoot": True,
+    "runAsUser": RUN_AS_USER,
+    "runAsGroup": 0,
+    "fsGroup": 0,
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+CONTAINER_SECURITY_CONTEXT: dict[str, Any] = {
+    "allowPrivilegeEscalation": False,
+    "privileged": False,
+    "runAsNonRoot": True,
+    "capabilities": {"drop": ["ALL"]},
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
 
 
 def pod_mounts() -> list[dict[str, Any]]:
@@ -237,18 +260,30 @@ def _pod_spec(run: Run, container: dict[str, Any], restart_policy: str) -> dict[
         "containers": [container],
         "volumes": pod_volumes(run),
         "enableServiceLinks": False,
+        "automountServiceAccountToken": False,
+        "securityContext": copy.deepcopy(POD_SECURITY_CONTEXT),
     }
-    if r.nodeSelector:
-        pod["nodeSelector"] = dict(r.nodeSelector)
-    if r.tolerations:
-        pod["tolerations"] = [t.model_dump(exclude_none=True) for t in r.tolerations]
-    if r.affinity:
-        pod["affinity"] = r.affinity
+    pod.update(pod_placement(run))
     if r.priorityClassName:
         pod["priorityClassName"] = r.priorityClassName
-    if run.spec.images.pullSecrets:
-        pod["imagePullSecrets"] = [{"name": n} for n in run.spec.images.pullSecrets]
     return pod
+
+
+def pod_placement(run: Run) -> dict[str, Any]:
+    """nodeSelector, tolerations, affinity and pull Secrets of the run's pods (those set)."""
+    r = run.spec.resources
+    out: dict[str, Any] = {}
+    if r.nodeSelector:
+        out["nodeSelector"] = dict(r.nodeSelector)
+    if r.tolerations:
+        out["tolerations"] = [t.model_dump(exclude_none=True) for t in r.tolerations]
+    if r.affinity:
+        out["affinity"] = r.affinity.model_dump(
+            mode="json", exclude_none=True, exclude_defaults=True
+        )
+    if run.spec.images.pullSecrets:
+        out["imagePullSecrets"] = [{"name": n} for n in run.spec.images.pullSecrets]
+    return out
 
 
 def trainer_command() -> tuple[list[str], list[str]]:
@@ -289,6 +324,7 @@ def trainer_container(run: Run, settings: Settings) -> dict[str, Any]:
             {"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"},
         ],
         "resources": _resources(run, r.gpusPerNode),
+        "securityContext": copy.deepcopy(CONTAINER_SECURITY_CONTEXT),
         "volumeMounts": pod_mounts(),
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }
@@ -357,6 +393,7 @@ def build_eval_job(run: Run, settings: Settings) -> dict[str, Any]:
             {"name": "DIFFAR_TERMINATION_LOG", "value": TERMINATION_LOG},
         ],
         "resources": _resources(run, s.evaluation.gpus),
+        "securityContext": copy.deepcopy(CONTAINER_SECURITY_CONTEXT),
         "volumeMounts": pod_mounts(),
         "terminationMessagePath": TERMINATION_LOG,
         "terminationMessagePolicy": "FallbackToLogsOnError",

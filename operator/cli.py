@@ -7,6 +7,7 @@ Each package's `cli.register(subparsers)` adds its commands; handlers import hea
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -23,10 +24,20 @@ def build_parser() -> argparse.ArgumentParser:
         prog="diffar",
         description="Train and compare masked-diffusion and autoregressive LMs on repeated data.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for module in (trainer_cli, evaluator_cli, operator_cli, local_cli):
         module.register(sub)
     return parser
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("diffar")
+    except PackageNotFoundError:  # a source tree on PYTHONPATH, not installed
+        return "unknown (not installed)"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -39,6 +50,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"diffar {args.command}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # `diffar ... | head -1`: the reader left; what it read is all it wanted. Point stdout
+        # at /dev/null so the interpreter's final flush does not raise again on exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

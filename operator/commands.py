@@ -130,19 +130,12 @@ def _crds(args: argparse.Namespace) -> int:
 
 
 def load_manifest(path: str) -> dict:
-    import yaml
+    """The run manifest in `path` ('-': stdin), read by `diffar.operator.safeyaml`."""
+    from diffar.operator.safeyaml import load_manifest_text
+    from diffar.trainer.errors import read_text
 
-    try:
-        text = sys.stdin.read() if path == "-" else Path(path).read_text()
-    except OSError as e:
-        raise UserError(f"cannot read {path}: {e.strerror}") from None
-    try:
-        docs = [d for d in yaml.safe_load_all(text) if d is not None]
-    except yaml.YAMLError as e:
-        raise UserError(f"{path} is not valid YAML: {e}") from None
-    if len(docs) != 1:
-        raise UserError(f"{path} must hold exactly one run manifest, found {len(docs)}")
-    return docs[0]
+    text = sys.stdin.read() if path == "-" else read_text(path, "run manifest")
+    return load_manifest_text(text, path)
 
 
 def _render(args: argparse.Namespace) -> int:
@@ -175,12 +168,34 @@ def dump_yaml(objs: list[dict]) -> str:
     return yaml.dump_all(objs, Dumper=Dumper, sort_keys=False, width=100)
 
 
+def _check_cluster_credentials() -> None:
+    """Fail in one line when no cluster can be reached at all: without credentials kopf would
+    retry its login forever, printing a traceback each time."""
+    from kubernetes import config
+
+    try:
+        config.load_incluster_config()
+        return
+    except config.ConfigException:
+        pass
+    try:
+        config.load_kube_config()
+    except (config.ConfigException, OSError) as e:
+        reason = " ".join(str(e).split()) or type(e).__name__
+        raise UserError(
+            f"no Kubernetes credentials ({reason}); set KUBECONFIG or ~/.kube/config, or run "
+            "in a pod with a service account. To try runs without a cluster: diffar run RUN.yaml --local"
+        ) from None
+
+
 def _operator(args: argparse.Namespace) -> int:
     _apply_backend(args)
     from diffar.operator.runs import Settings
 
     Settings.from_env()  # a bad backend or runtime name: one line, before kopf starts
     from diffar.operator.handlers import run_operator
+
+    _check_cluster_credentials()
 
     return run_operator(
         namespaces=args.namespace,

@@ -8,7 +8,8 @@ The pydantic JSON schema is turned into a Kubernetes structural schema: `$ref`s 
 `Optional` unwrapped (absent is the Kubernetes way to say null), `int | str` turned into
 `x-kubernetes-int-or-string`, JSON-Schema-2020 exclusive bounds turned into OpenAPI v3.0's boolean
 form, `additionalProperties: false` dropped (the API server prunes unknown fields), defaults kept
-for scalars, lists and maps, and `{}` for nested objects so their own defaults apply. Every
+for scalars, lists and maps, and for nested objects their properties' defaults filled in (the
+API server evaluates a default against the node's CEL rules as written). Every
 property must carry a description: generation fails otherwise.
 """
 
@@ -66,11 +67,18 @@ def _convert(node: dict[str, Any], defs: dict[str, Any], path: str) -> dict[str,
             node = _merge(inner, {k: v for k, v in node.items() if k != "default" or v is not None})
         elif types == ["integer", "string"]:
             string = next(o for o in options if o.get("type") == "string")
+            integer = next(o for o in options if o.get("type") == "integer")
             node.pop("type", None)
             node["x-kubernetes-int-or-string"] = True
             node["anyOf"] = [{"type": "integer"}, {"type": "string"}]
-            if "pattern" in string:
-                node["pattern"] = string["pattern"]
+            # JSON Schema applies each keyword to its own type only: the pattern and length to
+            # strings, the bounds to integers.
+            for key in ("pattern", "maxLength"):
+                if key in string:
+                    node[key] = string[key]
+            for key in ("minimum", "maximum"):
+                if key in integer:
+                    node[key] = integer[key]
         else:
             raise SchemaError(f"{path}: unions other than Optional and int|str: {options}")
     if node.get("default", 1) is None or node.get("default", 1) is NoDefault:
@@ -81,6 +89,19 @@ def _convert(node: dict[str, Any], defs: dict[str, Any], path: str) -> dict[str,
         if bound in node and not isinstance(node[bound], bool):
             node[plain] = node[bound]
             node[bound] = True
+    if "patternProperties" in node:
+        # A map with constrained keys: structural schemas have no patternProperties or
+        # propertyNames, so the values' schema becomes additionalProperties and the keys' pattern
+        # a CEL rule.
+        ((key_pattern, value_schema),) = node.pop("patternProperties").items()
+        max_key = (node.pop("propertyNames", None) or {}).get("maxLength", 253)
+        node["additionalProperties"] = value_schema
+        cel_pattern = key_pattern.replace("\\", "\\\\")  # a CEL string literal's escapes
+        rule = {
+            "rule": f"self.all(k, k.size() <= {max_key} && k.matches('{cel_pattern}'))",
+            "message": f"keys must match {key_pattern} (at most {max_key} characters)",
+        }
+        node = _merge(node, {"x-kubernetes-validations": [rule]})
     if "enum" in node and "type" not in node:
         node["type"] = "string"
     if node.get("x-kubernetes-preserve-unknown-fields") and "type" not in node:
@@ -98,12 +119,28 @@ def _convert(node: dict[str, Any], defs: dict[str, Any], path: str) -> dict[str,
     if isinstance(node.get("additionalProperties"), dict):
         out["additionalProperties"] = _convert(node["additionalProperties"], defs, f"{path}{{}}")
     if out.get("type") == "object" and "properties" in out:
-        # A defaulted nested object becomes {}: its own properties' defaults fill it in.
+        # A defaulted nested object's default is filled in with its properties' defaults: the
+        # API server checks a default against the node's CEL rules as it stands (a bare {} fails
+        # `self.minLr <= self.lr`: "no such key"), and the result is what defaulting {} gives.
         if "default" in out:
-            out["default"] = {}
+            out["default"] = _filled_default(out, out["default"])
         for name, sub in out["properties"].items():
             if not sub.get("description"):
                 raise SchemaError(f"{path}.{name} has no description")
+    return out
+
+
+def _filled_default(node: dict[str, Any], value: Any) -> Any:
+    """`value` with the defaults of `node`'s properties applied, recursively (structural
+    defaulting, as the API server does it)."""
+    if not isinstance(value, dict):
+        return value
+    out = dict(value)
+    for name, sub in (node.get("properties") or {}).items():
+        if name not in out and "default" in sub:
+            out[name] = copy.deepcopy(sub["default"])
+        if name in out:
+            out[name] = _filled_default(sub, out[name])
     return out
 
 

@@ -5,7 +5,8 @@
   changes: reconcile its owner run;
 - a timer per run (DIFFAR_PROGRESS_INTERVAL, 30 s): reconcile with a progress scrape while
   training (and a resync of anything missed);
-- a run is deleted: its Pushgateway group is removed (children go by ownerReferences).
+- a run is deleted: its Pushgateway group (job, namespace, run) is removed (children go by
+  ownerReferences); the only request the operator sends to a URL a user named.
 
 Importing this module registers the handlers in kopf's default registry; `run_operator()` is
 what `diffar operator` calls.
@@ -26,6 +27,7 @@ from diffar.operator.builders import LABEL_RUN, grouping_key, pushgateway_url
 from diffar.operator.kube import Kube
 from diffar.operator.runs import Run, Settings, SpecError
 from diffar.operator.status import is_finished
+from diffar.operator.urls import UnsafeURL, pushgateway_group_url
 
 log = logging.getLogger("diffar.operator")
 FINALIZER = "diffar.io/finalizer"
@@ -44,6 +46,11 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_) -> None:
     # its run is deleted, then poll often, so deletion is not held back by a minute.
     settings.background.instant_exit_timeout = 1.0
     settings.background.cancellation_polling = 2
+    if memo.get("namespaced"):
+        # Scanning lists namespaces and CRDs cluster-wide, which a namespaced install's Roles do
+        # not allow (kopf retries each 403 nine times before falling back): watch exactly the
+        # namespaces given and the resources the handlers name.
+        settings.scanning.disabled = True
     memo.kube = Kube()
     memo.settings = Settings.from_env()
     memo.metrics = metrics_mod.get()
@@ -80,14 +87,28 @@ def on_run_delete(body: kopf.Body, namespace: str, name: str, memo: kopf.Memo, *
         delete_pushgateway_group(base, grouping_key(run))
 
 
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args, **kwargs):  # a redirect would aim the request elsewhere
+        return None
+
+
+_opener = urllib.request.build_opener(_NoRedirects)
+
+
 def delete_pushgateway_group(base: str, key: dict[str, str], timeout: float = 5.0) -> bool:
-    """DELETE /metrics/job/<job>/<label>/<value>...: best effort, never blocks deletion."""
+    """DELETE <base>/metrics/job/<job>/<label>/<value>...: best effort, never blocks deletion.
+
+    The URL is rebuilt from the checked parts of `base` (diffar.operator.urls): the request goes
+    to the documented Pushgateway API path of the named host, or nowhere."""
     job = key["job"]
-    path = "".join(f"/{k}/{v}" for k, v in key.items() if k != "job")
-    url = f"{base.rstrip('/')}/metrics/job/{job}{path}"
+    try:
+        url = pushgateway_group_url(base, job, {k: v for k, v in key.items() if k != "job"})
+    except UnsafeURL as e:
+        log.warning("not deleting the Pushgateway group: %s", e)
+        return False
     try:
         req = urllib.request.Request(url, method="DELETE")
-        with urllib.request.urlopen(req, timeout=timeout):
+        with _opener.open(req, timeout=timeout):
             pass
         return True
     except OSError as e:
@@ -136,6 +157,7 @@ def run_operator(
         start_http_server(metrics_port)
     kopf.configure(verbose=verbose)
     kopf.run(
+        memo=kopf.Memo(namespaced=bool(namespaces)),
         standalone=standalone,
         clusterwide=not namespaces,
         namespaces=namespaces,

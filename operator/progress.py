@@ -11,6 +11,7 @@ progress: it is an estimate, never a reason to fail a run.
 
 from __future__ import annotations
 
+import math
 import urllib.request
 
 from diffar.operator.runs import METRICS_PORT, Run, Settings
@@ -30,25 +31,35 @@ def metrics_url(run: Run, settings: Settings) -> str:
     )
 
 
+# A trainer's exposition is a few KiB; anything larger is not one (and is not read into memory).
+MAX_BYTES = 1 << 20
+
+
 def parse_metrics(text: str) -> dict[str, float]:
-    """The diffar_train_* samples of a Prometheus text exposition, by progress field."""
+    """The diffar_train_* samples of a Prometheus text exposition, by progress field.
+
+    Only finite values: a diverged run exposes NaN or Inf loss, which JSON (and so the status
+    PATCH) cannot carry; the field is then left at its last finite value."""
     from prometheus_client.parser import text_string_to_metric_families
 
     out: dict[str, float] = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             key = METRICS.get(sample.name)
-            if key and key not in out:
+            if key and key not in out and math.isfinite(sample.value):
                 out[key] = sample.value
     return out
 
 
-def scrape(url: str, timeout: float = 5.0) -> dict[str, float] | None:
+def scrape(url: str, timeout: float = 5.0, max_bytes: int = MAX_BYTES) -> dict[str, float] | None:
     try:
         with urllib.request.urlopen(url, timeout=timeout) as resp:
-            text = resp.read().decode("utf-8", "replace")
+            body = resp.read(max_bytes + 1)
     except (OSError, ValueError):
         return None
+    if len(body) > max_bytes:
+        return None
+    text = body.decode("utf-8", "replace")
     try:
         sample = parse_metrics(text)
     except ValueError:

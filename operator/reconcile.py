@@ -200,6 +200,12 @@ def _reconcile(kube, kind, namespace, name, settings, *, scrape, now):
 def _act(kube, body, kind, namespace, name, settings, *, scrape, now):
     obs = observe(kube, body, scrape=scrape, settings=settings)
     decision = status_mod.decide(body, obs, settings, now)
+    # Patches first: the evaluator Job reads the eval.json a patch refreshes, so it must not be
+    # created before that patch is applied (a failed patch stops the reconcile, and the next one
+    # tries again, before any Job exists).
+    for child_kind, child_name, patch in decision.patch:
+        kube.patch(child_kind, namespace, child_name, patch)
+        log.info("%s %s/%s: patched %s %s %s", kind, namespace, name, child_kind, child_name, patch)
     for obj in decision.create:
         _, created = kube.create(obj)
         log.info(
@@ -211,9 +217,6 @@ def _act(kube, body, kind, namespace, name, settings, *, scrape, now):
             obj["kind"],
             obj["metadata"]["name"],
         )
-    for child_kind, child_name, patch in decision.patch:
-        kube.patch(child_kind, namespace, child_name, patch)
-        log.info("%s %s/%s: patched %s %s %s", kind, namespace, name, child_kind, child_name, patch)
     for type_, reason, message in decision.events:
         post_event(kube, body, type_, reason, message)
     old = dict(body.get("status") or {})

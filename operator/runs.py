@@ -186,7 +186,14 @@ def _name_problems(name: str) -> list[str]:
 def format_validation(e: ValidationError, *, prefix: str) -> list[str]:
     out = []
     for err in e.errors():
-        loc = [str(p) for p in err["loc"] if not str(p).startswith(("constrained-", "int"))]
+        # A map key is user text: quoted when it holds anything unprintable, so the error
+        # stays one line.
+        loc = [
+            str(p) if str(p).isprintable() else repr(str(p))
+            for p in err["loc"]
+            # union members' tags, not fields (a field may be called "interval")
+            if str(p) not in ("int", "str") and not str(p).startswith(("constrained-", "function-"))
+        ]
         where = ".".join([prefix, *loc])
         out.append(f"{where}: {err['msg'].removeprefix('Value error, ')}")
     return out
@@ -326,9 +333,30 @@ def validate(run: Run, *, local: bool = False) -> list[str]:
             ("spec.data.valUri", s.data.valUri),
             ("spec.checkpoint.uri", s.checkpoint.uri),
         ):
-            if uri and not uri.startswith(("s3://", "file:///")):
+            if uri and not uri.startswith("s3://"):
+                what = "a file:// URI" if uri.startswith("file:") else "a relative path"
                 problems.append(
-                    f"{where} {uri!r} is a relative path, which only `diffar run --local` reads; "
-                    "on a cluster use s3:// or file:/// (a mounted volume)"
+                    f"{where} {uri!r} is {what}, which only `diffar run --local` reads (no "
+                    "volume is mounted into the run's pods); on a cluster use s3://"
                 )
+    return problems
+
+
+# The spec fields an update may not change (the CRD's transition rules, mirrored for offline
+# checks: `self == oldSelf` on these objects, and checkpoint.uri's presence and value).
+IMMUTABLE = ("model", "data", "training", "diffusion")
+
+
+def transition_problems(old: RunSpec, new: RunSpec) -> list[str]:
+    """What the API server refuses in an update from `old` to `new` (both parsed specs)."""
+    problems = [
+        f"spec.{name} is immutable: it defines the experiment; create a new run"
+        for name in IMMUTABLE
+        if getattr(old, name, None) != getattr(new, name, None)
+    ]
+    if old.checkpoint.uri != new.checkpoint.uri:
+        problems.append(
+            "spec.checkpoint.uri is immutable (it cannot be changed, removed or added): it "
+            "holds the run's checkpoints; create a new run"
+        )
     return problems

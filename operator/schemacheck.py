@@ -40,6 +40,8 @@ def to_jsonschema(schema: dict[str, Any], *, strict: bool = True) -> dict[str, A
         if pattern:
             string["pattern"] = pattern
         out["anyOf"] = [{"type": "integer"}, string]
+    if schema.get("x-kubernetes-list-type") == "set":
+        out["uniqueItems"] = True
     if schema.get("nullable") and "type" in out:
         out["type"] = [out["type"], "null"]
     if (
@@ -53,10 +55,23 @@ def to_jsonschema(schema: dict[str, Any], *, strict: bool = True) -> dict[str, A
     return out
 
 
-def structural_errors(schema: dict[str, Any], obj: Any, *, strict: bool = True) -> list[str]:
+@cache
+def _validator_class():
+    """Draft 4, with `pattern` matched as the API server does (Go's RE2: `$` is the end of the
+    text; Python's `re.search` lets "value\\n" through `^value$`) and `x-kubernetes-list-type:
+    set` as uniqueItems (the API server refuses duplicates in such lists)."""
     import jsonschema
+    import re2
 
-    validator = jsonschema.Draft4Validator(to_jsonschema(schema, strict=strict))
+    def pattern(validator, patrn, instance, schema):
+        if validator.is_type(instance, "string") and not re2.search(patrn, instance):
+            yield jsonschema.ValidationError(f"{instance!r} does not match {patrn!r}")
+
+    return jsonschema.validators.extend(jsonschema.Draft4Validator, {"pattern": pattern})
+
+
+def structural_errors(schema: dict[str, Any], obj: Any, *, strict: bool = True) -> list[str]:
+    validator = _validator_class()(to_jsonschema(schema, strict=strict))
     errors = sorted(validator.iter_errors(obj), key=lambda e: list(e.absolute_path))
     return [f"{'.'.join(str(p) for p in e.absolute_path) or '<root>'}: {e.message}" for e in errors]
 

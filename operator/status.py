@@ -16,11 +16,16 @@ Phases and their reasons:
 | Succeeded | EvaluationSucceeded, TrainingSucceeded | results in status (or evaluation disabled) |
 | Failed | one of `FailureReason` | terminal, except the `RETRYABLE` reasons |
 | Suspended | SuspendedByUser | spec.suspend is true |
+
+A spec this operator cannot parse (fields of a newer CRD, an older operator) fails a run that
+has no children yet (InvalidSpec, retryable); a run whose PyTorchJob exists keeps its phase and
+children, with condition Validated=False, reason SpecNotUnderstood, and a Warning Event.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -63,6 +68,7 @@ class Reason(StrEnum):
     NOT_SUSPENDED = "NotSuspended"
     NOT_STARTED = "NotStarted"
     WAITING_FOR_OLD_CHILDREN = "WaitingForOldChildren"
+    SPEC_NOT_UNDERSTOOD = "SpecNotUnderstood"  # version skew: running children left alone
 
 
 @dataclass
@@ -166,8 +172,8 @@ def parse_results(message: str | None) -> dict | None:
     if not message:
         return None
     try:
-        raw = json.loads(message)
-    except json.JSONDecodeError:
+        raw = json.loads(message)  # Python's json reads NaN and Infinity: finite() drops them
+    except (json.JSONDecodeError, RecursionError):
         return None
     if not isinstance(raw, dict):
         return None
@@ -190,8 +196,41 @@ def parse_results(message: str | None) -> dict | None:
     if validation:
         out["validation"] = validation
     if raw.get("results_uri"):
-        out["resultsUri"] = str(raw["results_uri"])
-    return out
+        out["resultsUri"] = str(raw["results_uri"])[:1024]
+    training = raw.get("training") if isinstance(raw.get("training"), dict) else {}
+    for key, name in _TRAINING_FIELDS.items():
+        value = training.get(key)
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            out[name] = float(value)
+    return finite(out)
+
+
+def finite(value: Any) -> Any:
+    """`value` without its NaN and infinite floats (dropped from dicts and lists): JSON has no
+    such numbers, so one of them would make every status PATCH of the run fail."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        out = {}
+        for k, v in value.items():
+            clean = finite(v)
+            if clean is not None or v is None:
+                out[k] = clean
+        return out
+    if isinstance(value, list):
+        return [finite(v) for v in value if not (isinstance(v, float) and not math.isfinite(v))]
+    return value
+
+
+# results.json's training summary (evaluator/results.py) -> status.results
+_TRAINING_FIELDS = {
+    "best_val_loss": "bestValLoss",
+    "best_val_epoch": "bestValEpoch",
+    "final_val_loss": "finalValLoss",
+    "final_train_loss": "finalTrainLoss",
+    "wall_seconds": "wallSeconds",
+    "tokens_per_second": "tokensPerSecond",
+}
 
 
 def update_progress(
@@ -206,6 +245,7 @@ def update_progress(
         **{k: v for k, v in (prev or {}).items() if k != "totalSteps"},
     }
     p["totalSteps"] = total
+    sample = finite(sample) if sample else None
     if sample:
         step = int(sample.get("step", p["step"]))
         then = parse_time(p.get("sampledAt"))
@@ -292,7 +332,7 @@ def decide(body: dict, observed: Observed, settings: Settings, now: datetime) ->
         if prev.get("phase") != phase or prev.get("reason") != outcome.reason:
             kind_ = "Warning" if phase == "Failed" else "Normal"
             d.events.append((kind_, outcome.reason, f"{phase}: {outcome.message}".rstrip(": ")))
-        d.status = status
+        d.status = finite(status)
         return d
 
     # 1. Validate: the schema's job first (pydantic), then what only the operator can check.
@@ -302,6 +342,21 @@ def decide(body: dict, observed: Observed, settings: Settings, now: datetime) ->
     except SpecError as e:
         run, problems = None, e.problems
     message = "; ".join(problems)
+    uid = meta.get("uid") or ""
+    if run is None and observed.train_job is not None and owned_by(observed.train_job, uid):
+        # Version skew: a CRD newer (or older) than this operator gave the run fields the models
+        # do not know. Its children were made from a spec this operator understood: leave them
+        # and the phase alone, and say so, instead of failing a run that trains.
+        was = next((c for c in conditions if c.get("type") == "Validated"), {})
+        if was.get("reason") != Reason.SPEC_NOT_UNDERSTOOD or was.get("message") != message:
+            d.events.append(("Warning", Reason.SPEC_NOT_UNDERSTOOD, message))
+        conditions = set_condition(
+            conditions, "Validated", False, Reason.SPEC_NOT_UNDERSTOOD, message, generation, now
+        )
+        kept = _Outcome(
+            prev.get("phase") or "Pending", prev.get("reason") or "", prev.get("message") or ""
+        )
+        return finish(kept, None)
     if problems and (run is None or observed.train_job is None):
         conditions = set_condition(
             conditions, "Validated", False, FailureReason.INVALID_SPEC, message, generation, now

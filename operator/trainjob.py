@@ -89,22 +89,13 @@ def _trainer(run: Run, settings: Settings) -> dict[str, Any]:
 
 def _pod_patch(run: Run) -> dict[str, Any]:
     """The run's part of the pod spec of job `node`; merged by name into the runtime's."""
-    r = run.spec.resources
     volumes = [v for v in builders.pod_volumes(run) if v["name"] in ("config", "dshm")]
     mounts = [m for m in builders.pod_mounts() if m["name"] == "config"]
-    pod: dict[str, Any] = {
+    return {
         "volumes": volumes,
         "containers": [{"name": NODE, "volumeMounts": mounts}],
+        **builders.pod_placement(run),
     }
-    if r.nodeSelector:
-        pod["nodeSelector"] = dict(r.nodeSelector)
-    if r.tolerations:
-        pod["tolerations"] = [t.model_dump(exclude_none=True) for t in r.tolerations]
-    if r.affinity:
-        pod["affinity"] = r.affinity
-    if run.spec.images.pullSecrets:
-        pod["imagePullSecrets"] = [{"name": n} for n in run.spec.images.pullSecrets]
-    return pod
 
 
 def _runtime_patch(run: Run) -> dict[str, Any]:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from diffar.trainer.errors import UserError
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     _register_train(sub)
@@ -32,9 +34,16 @@ def _register_train(sub: argparse._SubParsersAction) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from diffar.trainer.config import apply_overrides, load_config
+    from diffar.trainer.config import apply_overrides, load_mapping, parse_config
 
-    cfg = apply_overrides(load_config(args.config), args.set)
+    raw = load_mapping(args.config)
+    if "apiVersion" in raw or "kind" in raw:
+        raise UserError(
+            f"{args.config} is a run manifest ({raw.get('kind', 'kind unknown')}), not a "
+            f"TrainConfig; use `diffar run {args.config} --local` to train it here, or "
+            f"`diffar render {args.config}` to see the cluster objects"
+        )
+    cfg = apply_overrides(parse_config(raw), args.set)
     if args.dry_run:
         from diffar.trainer.plan import format_plan, plan_run
 

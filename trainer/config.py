@@ -13,7 +13,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from diffar.trainer.errors import UserError
+from diffar.trainer.errors import UserError, read_text
 from diffar.trainer.presets import PRESETS
 
 Objective = Literal["ar", "mdm"]
@@ -207,9 +207,9 @@ def load_mapping(path: str | Path, what: str = "config") -> dict:
     """A YAML or JSON file holding a mapping, or a one-line ConfigError saying what is wrong."""
     path = Path(path)
     try:
-        text = path.read_text()
-    except OSError as e:
-        raise ConfigError(f"cannot read {what} {path}: {e.strerror}") from None
+        text = read_text(path, what)
+    except UserError as e:
+        raise ConfigError(str(e)) from None
     try:
         raw = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
     except (json.JSONDecodeError, yaml.YAMLError) as e:

@@ -66,9 +66,13 @@ def parse_count(text: str | int) -> int:
 
 
 def _open_text(path: Path) -> io.TextIOBase:
-    if path.suffix == ".gz":
-        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8-sig", errors="replace")
-    return open(path, encoding="utf-8-sig", errors="replace")
+    raw = gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")  # noqa: SIM115
+    # A NUL byte does not occur in text: tokenizing an archive or an executable would fill the
+    # dataset with noise without a word of warning.
+    if b"\0" in raw.peek(8192)[:8192]:
+        raw.close()
+        raise PrepareError(f"{path} is a binary file, not text; give .txt, .jsonl or .jsonl.gz")
+    return io.TextIOWrapper(raw, encoding="utf-8-sig", errors="replace")
 
 
 def _is_jsonl(path: Path) -> bool:

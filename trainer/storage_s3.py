@@ -251,7 +251,7 @@ class S3Store(Store):
             isinstance(e, _STREAM_ERRORS) and attempts >= self.opts.max_attempts
         ):
             return StorageError(
-                f"{url}: cannot reach the S3 endpoint {endpoint} after {attempts} attempts "
+                f"{url}: cannot reach {_endpoint_phrase(self.opts.endpoint_url)} after {attempts} attempts "
                 f"({_describe(e)}); check AWS_ENDPOINT_URL and that the store is up"
             )
         if isinstance(e, bex.ParamValidationError | bex.InvalidS3AddressingStyleError):
@@ -612,3 +612,8 @@ def _action(what: str) -> str:
     if w.startswith("DELETE"):
         return "DeleteObject"
     return "PutObject"
+
+
+def _endpoint_phrase(endpoint_url: str | None) -> str:
+    """`the S3 endpoint http://host:9000`, or AWS's (not "the S3 endpoint the AWS S3 endpoint")."""
+    return f"the S3 endpoint {endpoint_url}" if endpoint_url else "the AWS S3 endpoint"

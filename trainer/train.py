@@ -152,12 +152,14 @@ def train(cfg: TrainConfig) -> RunPlan:
                 )
                 metrics.update(report, window_steps * tokens_per_step)
                 progress.report(report, window_steps)
-                loss_log.write(
-                    [
-                        {"step": s, "loss": float(v), "lr": lr}
-                        for (s, _, lr), v in zip(pending, losses, strict=True)
-                    ]
-                )
+                rows = [
+                    {"step": s, "loss": float(v), "lr": lr}
+                    for (s, _, lr), v in zip(pending, losses, strict=True)
+                ]
+                # The window's training time (validation excluded): summed over the log it
+                # is the run's training wall time, resumes included (evaluator/results.py).
+                rows[-1]["seconds"] = round(elapsed, 4)
+                loss_log.write(rows)
             pending, window_start, window_steps = [], time.perf_counter(), 0
 
         if validate_now:

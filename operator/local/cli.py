@@ -42,7 +42,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         default="examples/local",
         help="directory holding ar.yaml and diffusion.yaml (default examples/local)",
     )
-    q.add_argument("--unique-tokens", type=int, default=25_000, help="U (default 25000)")
+    q.add_argument(
+        "--unique-tokens",
+        type=int,
+        default=25_000,
+        help="U (default 25000); other values prepare their own data and name their own runs",
+    )
     q.add_argument(
         "--val-tokens", type=int, default=20_000, help="validation tokens (default 20000)"
     )
@@ -67,8 +72,14 @@ def _run(args: argparse.Namespace) -> int:
             "diffar run needs --local; on a cluster use `kubectl apply -f " + args.manifest + "`"
         )
     from diffar.operator.commands import load_manifest
-    from diffar.operator.local.runner import format_status, resolve, run_local
+    from diffar.operator.local.runner import (
+        format_status,
+        resolve,
+        run_local,
+        sigterm_as_interrupt,
+    )
 
+    sigterm_as_interrupt()
     run = resolve(load_manifest(args.manifest), Path(args.root), processes=args.processes)
     status = run_local(run, threads=args.threads)
     print(format_status(run.name, status), end="")
@@ -77,6 +88,9 @@ def _run(args: argparse.Namespace) -> int:
 
 def _quickstart(args: argparse.Namespace) -> int:
     from diffar.operator.local.quickstart import default_plan, quickstart
+    from diffar.operator.local.runner import sigterm_as_interrupt
+
+    sigterm_as_interrupt()
 
     examples = Path(args.examples)
     for name in ("ar.yaml", "diffusion.yaml"):

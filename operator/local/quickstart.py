@@ -10,12 +10,13 @@
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from diffar.trainer.errors import UserError
+
+DEFAULTS = {"unique_tokens": 25_000, "val_tokens": 20_000, "vocab_size": 2048}
 
 
 @dataclass(frozen=True)
@@ -27,20 +28,30 @@ class QuickstartPlan:
     vocab_size: int
 
     @property
+    def key(self) -> str:
+        """The data's parameters, naming its folder: a quickstart with other parameters
+        prepares its own data instead of reusing data of another size or vocabulary."""
+        return f"u{self.unique_tokens}-v{self.val_tokens}-bpe{self.vocab_size}"
+
+    @property
+    def is_default(self) -> bool:
+        return (self.unique_tokens, self.val_tokens, self.vocab_size) == tuple(DEFAULTS.values())
+
+    @property
     def data_dir(self) -> Path:
-        return self.root / "quickstart" / "data"
+        return self.root / "quickstart" / self.key
 
     @property
     def tokenizer(self) -> Path:
-        return self.root / "quickstart" / "tokenizer.json"
+        return self.data_dir / "tokenizer.json"
 
 
 def default_plan(
     examples: Path,
     root: Path,
-    unique_tokens: int = 25_000,
-    val_tokens: int = 20_000,
-    vocab_size: int = 2048,
+    unique_tokens: int = DEFAULTS["unique_tokens"],
+    val_tokens: int = DEFAULTS["val_tokens"],
+    vocab_size: int = DEFAULTS["vocab_size"],
 ) -> QuickstartPlan:
     return QuickstartPlan(
         root=root,
@@ -58,9 +69,11 @@ def prepare_data(plan: QuickstartPlan, log=print) -> None:
     from diffar.trainer.shards import MANIFEST
 
     files = fetch_corpus(plan.root / "quickstart" / "corpus", log=log)
-    if (plan.data_dir / "train" / MANIFEST).is_file() and (
-        plan.data_dir / "val" / MANIFEST
-    ).is_file():
+    if (
+        (plan.data_dir / "train" / MANIFEST).is_file()
+        and (plan.data_dir / "val" / MANIFEST).is_file()
+        and plan.tokenizer.is_file()
+    ):
         log(f"data: {plan.data_dir} already prepared")
         return
     # Learn the BPE from the start of the stream only, where the training tokens come from, so
@@ -92,133 +105,76 @@ def prepare_data(plan: QuickstartPlan, log=print) -> None:
     log(f"data: {result.summary().splitlines()[0]}")
 
 
-def _load_run(path: Path, root: Path):
+def run_manifest(path: Path, plan: QuickstartPlan) -> dict:
+    """An example manifest fitted to the plan: its data is the plan's folder, its size and
+    vocabulary the plan's, validation and checkpoints as many epochs apart as the example
+    sets them. With other than the default parameters the run gets its own name (and folder),
+    so that it never meets the default runs' checkpoints."""
     import yaml
-
-    from diffar.operator.local.runner import resolve
 
     try:
         manifest = yaml.safe_load(path.read_text())
+        spec = manifest["spec"]
+        old_u = int(spec["data"]["uniqueTokens"])
     except OSError as e:
         raise UserError(f"cannot read {path}: {e.strerror}") from None
-    return resolve(manifest, root, processes=1)
+    except (yaml.YAMLError, KeyError, TypeError, ValueError) as e:
+        raise UserError(f"{path}: not a quickstart run manifest ({e})") from None
 
+    def rescale(steps: int) -> int:  # as many epochs apart at the plan's U as at the example's
+        return max(1, round(steps * plan.unique_tokens / old_u))
 
-def train_and_evaluate(plan: QuickstartPlan, log=print) -> dict:
-    """Both runs side by side (one core each); returns {objective: (LocalRun, RunStatus)}."""
-    from diffar.operator.local.runner import run_side_by_side
-
-    runs = [_load_run(p, plan.root) for p in plan.examples]
-    statuses = run_side_by_side(runs, workers=len(runs))
-    return {run.objective: (run, status) for run, status in zip(runs, statuses, strict=True)}
-
-
-# ------------------------------------------------------------------------------ report
-
-
-def validation_curve(log_file: Path) -> list[tuple[float, float]]:
-    if not log_file.is_file():
-        return []
-    rows = [json.loads(line) for line in log_file.read_text().splitlines()]
-    return [(r["epoch"], r["val_loss"]) for r in rows if "val_loss" in r]
-
-
-def comparison_table(results: dict[str, dict]) -> str:
-    """One table, AR beside MDM: validation losses, bits per byte, task accuracies."""
-    rows: list[tuple[str, str, str]] = []
-
-    def cell(res: dict | None, key: str, field: str = "loss") -> str:
-        if not res:
-            return "-"
-        v = (res.get("validation") or {}).get(key)
-        if not v or v.get(field) is None:
-            return "-"
-        err = v.get("stderr") if field == "loss" else None
-        return f"{v[field]:.3f}" + (f" ± {err:.3f}" if err else "")
-
-    ar, mdm = results.get("ar"), results.get("mdm")
-    rows.append(("params", _num(ar, "params"), _num(mdm, "params")))
-    rows.append(("unique tokens x epochs", _ue(ar), _ue(mdm)))
-    rows.append(("val loss: AR exact NLL (nats/token)", cell(ar, "nll"), "-"))
-    rows.append(("val loss: MDM ELBO bound", "-", cell(mdm, "elbo")))
-    rows.append(("val loss: MDM chain-rule NLL", "-", cell(mdm, "chain_rule_nll")))
-    rows.append(
-        (
-            "bits per byte (NLL / ELBO)",
-            cell(ar, "nll", "bits_per_byte"),
-            cell(mdm, "elbo", "bits_per_byte"),
-        )
+    name = manifest["metadata"]["name"]
+    if not plan.is_default:
+        name = f"{name}-{plan.key}"
+    manifest["metadata"]["name"] = name
+    spec["model"]["vocabSize"] = plan.vocab_size
+    spec["data"].update(
+        trainUri=str(plan.data_dir / "train"),
+        valUri=str(plan.data_dir / "val"),
+        uniqueTokens=plan.unique_tokens,
     )
-    tasks = sorted(set((ar or {}).get("tasks", {})) | set((mdm or {}).get("tasks", {})))
-    for task in tasks:
-        rows.append((f"{task} acc", _acc(ar, task), _acc(mdm, task)))
-    width = max(len(r[0]) for r in rows)
-    col = max(18, *(len(r[1]) for r in rows), *(len(r[2]) for r in rows))
-    lines = [f"{'':<{width}}  {'AR':>{col}}  {'MDM':>{col}}"]
-    lines += [f"{a:<{width}}  {b:>{col}}  {c:>{col}}" for a, b, c in rows]
-    return "\n".join(lines)
+    if "checkpoint" in spec:
+        spec["checkpoint"]["uri"] = str(plan.root / name / "checkpoints")
+        if "interval" in spec["checkpoint"]:
+            spec["checkpoint"]["interval"] = rescale(int(spec["checkpoint"]["interval"]))
+    if (spec.get("validation") or {}).get("interval"):
+        spec["validation"]["interval"] = rescale(int(spec["validation"]["interval"]))
+    return manifest
 
 
-def _num(res: dict | None, key: str) -> str:
-    return f"{res[key]:,}" if res and res.get(key) is not None else "-"
+def train_and_evaluate(plan: QuickstartPlan, log=print) -> list:
+    """Both runs side by side (one core each); returns [(LocalRun, RunStatus)], AR first."""
+    from diffar.operator.local.runner import resolve, run_side_by_side
 
-
-def _ue(res: dict | None) -> str:
-    if not res:
-        return "-"
-    return f"{res['unique_tokens']:,} x {res['epochs']:.0f}"
-
-
-def _acc(res: dict | None, task: str) -> str:
-    t = (res or {}).get("tasks", {}).get(task)
-    return f"{t['acc']:.3f} (n={t['n']})" if t else "-"
-
-
-def plot_validation(curves: dict[str, list[tuple[float, float]]], out: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=120)
-    labels = {"ar": "AR (exact NLL)", "mdm": "MDM (ELBO bound)"}
-    for objective, points in curves.items():
-        if points:
-            xs, ys = zip(*points, strict=True)
-            ax.plot(xs, ys, marker="o", markersize=3, label=labels.get(objective, objective))
-    ax.set_xlabel("epochs over the unique tokens")
-    ax.set_ylabel("validation loss (nats/token)")
-    ax.set_title("diffar quickstart: validation loss vs epochs")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out)
-    plt.close(fig)
-    return out
+    runs = [resolve(run_manifest(p, plan), plan.root, processes=1) for p in plan.examples]
+    statuses = run_side_by_side(runs, workers=len(runs))
+    return list(zip(runs, statuses, strict=True))
 
 
 def quickstart(plan: QuickstartPlan, log=print) -> int:
+    from diffar.evaluator.compare import comparison_table, curve_label, load_run, plot_validation
+
     started = time.monotonic()
-    root = plan.root
     prepare_data(plan, log=log)
     outcomes = train_and_evaluate(plan, log=log)
-    results = {}
-    for objective, (run, _status) in outcomes.items():
-        if run.results_json.is_file():
-            results[objective] = json.loads(run.results_json.read_text())
-    curves = {obj: validation_curve(run.log_file) for obj, (run, _s) in outcomes.items()}
-    png = plot_validation(curves, root / "quickstart" / "val_loss.png")
+    runs = [load_run(str(run.dir)) for run, _status in outcomes if run.results_json.is_file()]
+    png = plot_validation(
+        [(curve_label(r), r.curve) for r in runs],
+        plan.root / "quickstart" / "val_loss.png",
+        "diffar quickstart: validation loss vs epochs",
+    )
     log("")
-    log(comparison_table(results))
+    log(comparison_table([(r.objective.upper(), r.results) for r in runs]))
     log("")
-    for objective, points in curves.items():
-        if points:
-            best = min(points, key=lambda p: p[1])
+    for r in runs:
+        if r.curve:
+            best = min(r.curve, key=lambda p: p[1])
             log(
-                f"{objective}: best validation loss {best[1]:.3f} at epoch {best[0]:.1f}, "
-                f"final {points[-1][1]:.3f} at epoch {points[-1][0]:.1f}"
+                f"{r.objective}: best validation loss {best[1]:.3f} at epoch {best[0]:.1f}, "
+                f"final {r.curve[-1][1]:.3f} at epoch {r.curve[-1][0]:.1f}"
             )
     log(f"plot: {png}")
+    log(f"compare these or later runs: diffar compare {' '.join(str(r.source) for r in runs)}")
     log(f"quickstart done in {time.monotonic() - started:.0f}s")
     return 0

@@ -106,6 +106,10 @@ def reproduce(repo: Path, root: Path, report: Path, log=print) -> int:
         "ar": yaml.safe_load((repo / "examples/local/ar.yaml").read_text()),
         "mdm": yaml.safe_load((repo / "examples/local/diffusion.yaml").read_text()),
     }
+    for body in templates.values():  # the data prepare_data wrote (its folder names its size)
+        body["spec"]["data"].update(
+            trainUri=str(plan.data_dir / "train"), valUri=str(plan.data_dir / "val")
+        )
     runs = grid()
     resolved = [resolve(manifest_for(r, templates), root, processes=1) for r in runs]
     statuses = run_side_by_side(resolved, workers=2)

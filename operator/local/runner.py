@@ -17,8 +17,10 @@ command again resumes from the newest checkpoint, or reports that the run is com
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -42,6 +44,7 @@ class LocalRun:
     processes: int
     plan: object  # diffar.trainer.plan.RunPlan of train_config
     threads: int | None = None
+    env: tuple[tuple[str, str], ...] = ()  # spec.s3's endpoint and region, for the children
 
     @property
     def total_steps(self) -> int:
@@ -66,6 +69,10 @@ class LocalRun:
     @property
     def status_json(self) -> Path:
         return self.dir / "status.json"
+
+    @property
+    def lock_file(self) -> Path:
+        return self.dir / "run.lock"
 
 
 def resolve(manifest: dict, root: Path, processes: int | None = None) -> LocalRun:
@@ -116,7 +123,12 @@ def resolve(manifest: dict, root: Path, processes: int | None = None) -> LocalRu
             "cache_dir": str(run_dir / "cache"),
             "device": "cpu",
             "tokenizer": _dataset_tokenizer(cfg.data.train_uri),
+            "train_log": str(run_dir / "train-log.jsonl"),
         }
+        from diffar.evaluator.config import parse_eval_config
+
+        # Checked now, not after training: an unknown task name fails before any work.
+        parse_eval_config(eval_cfg)
     return LocalRun(
         run.name,
         run.objective,
@@ -126,7 +138,19 @@ def resolve(manifest: dict, root: Path, processes: int | None = None) -> LocalRu
         nproc,
         plan_run(cfg),
         threads=run.spec.local.threads,
+        env=s3_env(run.spec.s3),
     )
+
+
+def s3_env(s3) -> tuple[tuple[str, str], ...]:
+    """spec.s3 as the environment the cluster's pods get (builders.py): the endpoint and region.
+    Credentials come from this shell's environment (a local run reads no Kubernetes Secret)."""
+    env = []
+    if s3.endpoint:
+        env.append(("AWS_ENDPOINT_URL", s3.endpoint))
+    if s3.region:
+        env.append(("AWS_DEFAULT_REGION", s3.region))
+    return tuple(env)
 
 
 def _dataset_tokenizer(uri: str) -> str | None:
@@ -147,19 +171,44 @@ def _local_processes(run) -> int:
 # ------------------------------------------------------------------------------ status
 
 
-def read_progress(run: LocalRun, started: float | None) -> Progress:
-    """Progress from the trainer's step log, in the custom resource's shape."""
+class Rate:
+    """Steps per second of the training under way, measured from the first step it logged:
+    a resumed run's earlier steps took no time of this process."""
+
+    def __init__(self, started: float):
+        self.started = started
+        self.first: tuple[float, int] | None = None
+
+    def eta_seconds(self, step: int, total: int, now: float) -> float | None:
+        if self.first is None or step < self.first[1]:
+            self.first = (now, step)
+            return None
+        t0, s0 = self.first
+        if step >= total or step == s0 or now <= t0:
+            return None
+        return (total - step) * (now - t0) / (step - s0)
+
+
+def read_progress(run: LocalRun, rate: Rate | None = None) -> Progress:
+    """Progress from the trainer's step log, in the custom resource's shape. While a child
+    started at `rate.started` has not yet rewritten the log (a resume truncates it to the
+    checkpoint's step), the rows are the previous attempt's and are not shown as progress."""
     step, loss = 0, None
-    if run.log_file.is_file():
-        for line in run.log_file.read_text().splitlines():
-            row = json.loads(line)
+    fresh = rate is None or (
+        run.log_file.is_file() and run.log_file.stat().st_mtime >= rate.started
+    )
+    if fresh and run.log_file.is_file():
+        from diffar.evaluator.results import parse_log
+
+        for row in parse_log(run.log_file.read_text()):
             if "loss" in row:
                 step, loss = row["step"], row["loss"]
     cfg, plan = run.train_config, run.plan
     eta = None
-    if started is not None and step > 0 and step < run.total_steps:
-        rate = step / max(time.time() - started, 1e-6)
-        eta = _rfc3339(datetime.now(UTC) + timedelta(seconds=(run.total_steps - step) / rate))
+    if rate is not None and fresh and step > 0:
+        left = rate.eta_seconds(step, run.total_steps, time.time())
+        if left is not None:
+            eta = _rfc3339(datetime.now(UTC) + timedelta(seconds=left))
     return Progress(
         step=step,
         totalSteps=run.total_steps,
@@ -173,11 +222,18 @@ def read_progress(run: LocalRun, started: float | None) -> Progress:
 
 
 def results_from(path: Path) -> Results | None:
+    """status.results from results.json, through the same compact form the operator reads
+    from the eval pod's termination message."""
     if not path.is_file():
         return None
+    from diffar.evaluator.results import summary
     from diffar.operator.status import parse_results
 
-    parsed = parse_results(path.read_text())
+    try:
+        results = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    parsed = parse_results(summary(results)) if isinstance(results, dict) else None
     return Results.model_validate(parsed) if parsed else None
 
 
@@ -190,6 +246,21 @@ def write_status(run: LocalRun, status: RunStatus) -> None:
 
 def _rfc3339(t: datetime) -> str:
     return t.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _seconds_until(rfc3339: str) -> float:
+    when = datetime.strptime(rfc3339, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+    return max(0.0, (when - datetime.now(UTC)).total_seconds())
+
+
+def format_duration(seconds: float) -> str:
+    """How long, not until when: 45s, 3m05s, 2h07m."""
+    s = round(seconds)
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{s % 3600 // 60:02d}m"
 
 
 # ------------------------------------------------------------------------------ running
@@ -210,7 +281,7 @@ class _Display:
 
     def show(self, phase: str, p: Progress) -> None:
         loss = f" loss {p.loss:.4f}" if p.loss is not None else ""
-        eta = f" eta {p.eta[11:19]}Z" if p.eta else ""
+        eta = f" eta {format_duration(_seconds_until(p.eta))}" if p.eta else ""
         text = f"{self.name}: {phase} step {p.summary} epoch {p.epoch:.2f}{loss}{eta}"
         if self.tty:
             self._write("\r\033[K" + text)
@@ -260,53 +331,182 @@ def _stop(proc: subprocess.Popen) -> None:
             continue
 
 
-def _tail(path: Path, lines: int = 15) -> str:
-    if not path.is_file():
-        return ""
-    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+def failure_cause(log_text: str) -> list[str]:
+    """The lines of a child's log that say why it failed: the last attempt's (after the
+    runner's `====` header) `... error: ...` lines that `diffar` prints for a UserError, or else
+    the last exception line of a traceback; torchrun's and torchx's own failure report
+    (ChildFailedError, the elastic footer) says only that a worker failed, and is skipped."""
+    text = log_text.rsplit("\n==== ", 1)[-1]
+    lines = [_strip_prefix(ln) for ln in text.splitlines()]
+    noise = ("ChildFailedError", "torch.distributed.elastic", "torchx ", "error_file")
+    user = [ln for ln in lines if _USER_ERROR.search(ln) and not any(n in ln for n in noise)]
+    if user:
+        return list(dict.fromkeys(user))[-2:]
+    exc = [ln for ln in lines if _EXCEPTION.match(ln) and not any(n in ln for n in noise)]
+    return exc[-1:]
+
+
+_USER_ERROR = re.compile(r"^diffar [a-z]+: error: ")
+_EXCEPTION = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Interrupt)\b(: .*)?$")
+_PREFIX = re.compile(r"^(\S+/\d+\s+)?(\[\d+\]:)?")  # torchx's "cli/0 ", torchrun's "[0]:"
+
+
+def _strip_prefix(line: str) -> str:
+    return _PREFIX.sub("", line, count=1).strip()
+
+
+def _status_writer(run: LocalRun, phase: str, rate: Rate):
+    """status.json kept current while the child runs (at most every 5 s), so that reading it
+    shows the step reached, not the step the phase started at."""
+    last = [0.0]
+
+    def update(force: bool = False) -> Progress:
+        progress = read_progress(run, rate)
+        if force or time.monotonic() - last[0] >= 5:
+            write_status(run, RunStatus(phase=phase, objective=run.objective, progress=progress))
+            last[0] = time.monotonic()
+        return progress
+
+    return update
 
 
 def _run_child(
     run: LocalRun, cmd: list[str], log: Path, phase: str, display: _Display, threads: int
 ) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1"}
+    env.update(dict(run.env))
     # torchx's local scheduler runs `torchrun` by name: the one beside this interpreter, even
     # when its virtualenv is not activated.
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
-    started = time.time()
+    rate = Rate(time.time())
     proc = _spawn(cmd, log, env)
+    update = _status_writer(run, phase, rate)
     try:
         while proc.poll() is None:
             if phase == "Training":
-                display.show(phase, read_progress(run, started))
+                display.show(phase, update())
             time.sleep(0.5)
     except KeyboardInterrupt:
         _stop(proc)
         raise
     if proc.returncode != 0:
+        cause = failure_cause(log.read_text(errors="replace")) if log.is_file() else []
+        reason = "; ".join(cause) or f"exit {proc.returncode}"
         write_status(run, RunStatus(phase="Failed", objective=run.objective, reason=f"{phase}Failed",
-                                    message=f"see {log}", progress=read_progress(run, None)))  # fmt: skip
+                                    message=f"{reason} (log: {log})"[:1024],
+                                    progress=read_progress(run)))  # fmt: skip
+        shown = "\n".join(f"  {c}" for c in cause) or "  (no error line; the whole log tells more)"
         raise UserError(
-            f"{phase.lower()} failed (exit {proc.returncode}); last lines of {log}:\n{_tail(log)}"
+            f"{phase.lower()} failed (exit {proc.returncode}); the cause, from {log}:\n{shown}"
+        )
+
+
+class RunInUse(UserError):
+    """Another `diffar run` holds the run folder."""
+
+
+@contextlib.contextmanager
+def run_lock(run: LocalRun):
+    """One `diffar run` per run folder: a lock file holding the owner's pid, created
+    atomically. A lock whose process is gone (killed, machine rebooted) is taken over."""
+    run.dir.mkdir(parents=True, exist_ok=True)
+    for _attempt in range(2):
+        try:
+            fd = os.open(run.lock_file, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            pid = _lock_owner(run.lock_file)
+            if pid is not None and _alive(pid):
+                raise RunInUse(
+                    f"{run.dir} is in use by another diffar run (pid {pid}); wait for it to "
+                    f"finish or stop it, then run again"
+                ) from None
+            run.lock_file.unlink(missing_ok=True)  # stale: its process is gone
+            continue
+        with os.fdopen(fd, "w") as f:
+            f.write(f"{os.getpid()}\n")
+        break
+    else:
+        raise RunInUse(f"{run.dir}: could not take the run lock {run.lock_file}")
+    try:
+        yield
+    finally:
+        if _lock_owner(run.lock_file) == os.getpid():
+            run.lock_file.unlink(missing_ok=True)
+
+
+def _lock_owner(path: Path) -> int | None:
+    try:
+        return int(path.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process
+    return True
+
+
+def changed_fields(old: dict, new: dict, prefix: str = "") -> list[str]:
+    """Dotted names of the fields that differ between two configs."""
+    out = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        name = f"{prefix}{key}"
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += changed_fields(a, b, name + ".")
+        elif a != b:
+            out.append(name)
+    return out
+
+
+def _trained_before(run: LocalRun) -> bool:
+    """Whether the folder holds work of an earlier config: logged steps or results."""
+    return run.results_json.is_file() or (
+        run.log_file.is_file() and run.log_file.stat().st_size > 0
+    )
+
+
+def check_same_config(run: LocalRun) -> None:
+    """A run folder belongs to one config: training it with another would resume from
+    checkpoints of the first (and the trainer refuses), or overwrite its results."""
+    if not run.train_json.is_file() or not _trained_before(run):
+        return
+    try:
+        old = json.loads(run.train_json.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return
+    changed = changed_fields(old, json.loads(run.train_config.to_json()))
+    if changed:
+        shown = ", ".join(changed[:6]) + (", ..." if len(changed) > 6 else "")
+        raise UserError(
+            f"{run.dir} holds run {run.name!r} trained with another manifest (changed: {shown}); "
+            f"give the run a new metadata.name, or delete {run.dir} to train it again"
         )
 
 
 def run_local(
     run: LocalRun, threads: int | None = None, display: _Display | None = None
 ) -> RunStatus:
-    """Train (resuming), then evaluate; returns the final status. Idempotent once complete."""
+    """Train (resuming), then evaluate; returns the final status. Idempotent once complete.
+    Holds the run folder's lock throughout."""
+    with run_lock(run):
+        return _run_locked(run, threads, display)
+
+
+def _run_locked(run: LocalRun, threads: int | None, display: _Display | None) -> RunStatus:
     display = display or _Display(run.name)
-    run.dir.mkdir(parents=True, exist_ok=True)
     threads = threads or run.threads or max(1, (os.cpu_count() or 1) // run.processes)
+    check_same_config(run)
     results = results_from(run.results_json)
-    if (
-        results is not None
-        and run.train_json.is_file()
-        and run.train_json.read_text() == run.train_config.to_json()
-    ):
+    if results is not None and run.train_json.is_file():
         status = RunStatus(phase="Succeeded", objective=run.objective, reason="AlreadyComplete",
-                           message="run is complete; delete runs/<name> to train again",
-                           progress=read_progress(run, None), results=results)  # fmt: skip
+                           message=f"run is complete; delete {run.dir} to train it again",
+                           progress=read_progress(run), results=results)  # fmt: skip
         display.line("already complete: nothing to do")
         write_status(run, status)
         return status
@@ -315,7 +515,7 @@ def run_local(
     if run.eval_config is not None:
         run.eval_json.write_text(json.dumps(run.eval_config, indent=2))
     write_status(
-        run, RunStatus(phase="Training", objective=run.objective, progress=read_progress(run, None))
+        run, RunStatus(phase="Training", objective=run.objective, progress=read_progress(run))
     )
     train_cmd = [
         str(Path(sys.executable).with_name("torchx")), "run", "-s", "local_cwd",
@@ -326,7 +526,7 @@ def run_local(
     )
     try:
         _run_child(run, train_cmd, run.dir / "logs" / "train.log", "Training", display, threads)
-        progress = read_progress(run, None)
+        progress = read_progress(run)
         display.show("Training", progress)
         if run.eval_config is None:
             status = RunStatus(phase="Succeeded", objective=run.objective, progress=progress)
@@ -346,13 +546,23 @@ def run_local(
     except KeyboardInterrupt:
         write_status(run, RunStatus(phase="Suspended", objective=run.objective, reason="Interrupted",
                                     message="interrupted; run the same command to resume",
-                                    progress=read_progress(run, None)))  # fmt: skip
+                                    progress=read_progress(run)))  # fmt: skip
         display.line("interrupted; run the same command again to resume from the last checkpoint")
         raise
-    status = RunStatus(phase="Succeeded", objective=run.objective, progress=read_progress(run, None),
+    status = RunStatus(phase="Succeeded", objective=run.objective, progress=read_progress(run),
                        results=results_from(run.results_json))  # fmt: skip
     write_status(run, status)
     return status
+
+
+def sigterm_as_interrupt() -> None:
+    """SIGTERM (`kill`, a closing terminal's session manager) stops a run as Ctrl-C does: the
+    children are stopped and status.json says Suspended, not a Training that never ends."""
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, handler)
 
 
 def run_side_by_side(runs: list[LocalRun], workers: int = 2) -> list[RunStatus]:

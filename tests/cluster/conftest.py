@@ -125,6 +125,13 @@ def ns(control_plane) -> Iterator[str]:
     name = f"t-{secrets.token_hex(4)}"
     control_plane.kubectl("create", "namespace", name)
     yield name
+    # The runs carry the operator's finalizer and the operator may be gone: release them, or
+    # they (and the namespace) would linger, and the next test's operator would keep their
+    # progress timers busy.
+    kube = admin_kube(control_plane)
+    for kind in ("DiffusionRun", "ARRun"):
+        for run in kube.list(kind, name):
+            kube.patch(kind, name, run["metadata"]["name"], {"metadata": {"finalizers": None}})
     control_plane.kubectl("delete", "namespace", name, "--wait=false", check=False)
 
 

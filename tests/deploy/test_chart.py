@@ -76,7 +76,14 @@ def test_default_render_has_the_expected_objects(render):
 
 def test_all_options_render_has_every_optional_object(render):
     kinds = by_kind(render(ALL_OPTIONS))
-    for kind in ("ServiceMonitor", "PodMonitor", "PrometheusRule", "Role", "RoleBinding"):
+    for kind in (
+        "ServiceMonitor",
+        "PodMonitor",
+        "PrometheusRule",
+        "Role",
+        "RoleBinding",
+        "NetworkPolicy",
+    ):
         assert kind in kinds, kind
     assert "ClusterRole" not in kinds and "ClusterRoleBinding" not in kinds
     namespaces = {r["metadata"]["namespace"] for r in kinds["Role"]}
@@ -272,6 +279,67 @@ def test_chart_refuses_unsupported_kubernetes(helm):
         text=True,
     )
     assert proc.returncode != 0 and "kubeVersion" in proc.stderr
+
+
+def test_network_policies_select_the_operator_and_the_run_pods(render):
+    """Optional (networkPolicy.enabled): the operator's in/out, and the run pods' in."""
+    from diffar.operator.builders import build_pytorchjob, labels
+    from diffar.operator.runs import Run, Settings
+
+    objs = render(ALL_OPTIONS)
+    policies = {
+        (p["metadata"]["namespace"], p["metadata"]["name"]): p
+        for p in objs
+        if p["kind"] == "NetworkPolicy"
+    }
+    assert set(policies) == {
+        (NAMESPACE, "diffar-ops"),
+        ("research", "diffar-ops-runs"),
+        ("research-staging", "diffar-ops-runs"),
+    }
+    (dep,) = [o for o in objs if o["kind"] == "Deployment"]
+    operator = policies[(NAMESPACE, "diffar-ops")]["spec"]
+    pod_labels = dep["spec"]["template"]["metadata"]["labels"]
+    assert operator["podSelector"]["matchLabels"].items() <= pod_labels.items()
+    assert operator["policyTypes"] == ["Ingress", "Egress"]
+    # The trainer pods the operator reads progress from carry the labels its egress rule names.
+    run = Run.from_body(load_yaml(ROOT / "examples" / "ar-100m.yaml"))
+    trainer = build_pytorchjob(run, Settings())["spec"]["pytorchReplicaSpecs"]["Master"]
+    trainer_labels = trainer["template"]["metadata"]["labels"]
+    to_trainers = [r for r in operator["egress"] if {"port": 9400, "protocol": "TCP"} in r["ports"]]
+    (rule,) = to_trainers
+    assert rule["to"][0]["podSelector"]["matchLabels"].items() <= trainer_labels.items()
+    runs = policies[("research", "diffar-ops-runs")]["spec"]
+    assert runs["podSelector"]["matchLabels"].items() <= labels(run, "evaluator").items()
+    assert runs["podSelector"]["matchLabels"].items() <= trainer_labels.items()
+    assert runs["policyTypes"] == ["Ingress"]
+    assert not [o for o in render() if o["kind"] == "NetworkPolicy"]  # off by default
+
+
+def test_operator_pod_passes_pod_security_restricted(render):
+    from testsupport.pod_security import pod_specs, violations
+
+    for values in (None, ALL_OPTIONS):
+        (dep,) = [o for o in render(values) if o["kind"] == "Deployment"]
+        for name, pod in pod_specs(dep):
+            assert violations(pod) == [], name
+
+
+def test_the_operator_image_can_be_pinned_by_digest(render):
+    digest = "sha256:" + "b" * 64
+    (dep,) = [o for o in render(None, f"image.digest={digest}") if o["kind"] == "Deployment"]
+    image = dep["spec"]["template"]["spec"]["containers"][0]["image"]
+    assert image == f"ghcr.io/diffar/diffar-operator@{digest}"
+
+
+def test_the_pushgateway_value_has_the_run_apis_url_pattern():
+    from diffar.operator.urls import URL_PATTERN
+
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    pattern = schema["properties"]["pushgateway"]["properties"]["url"]["pattern"]
+    assert pattern == f"^({URL_PATTERN[1:-1]})?$"
+    for bad in ("http://pg:9091/?x=1", "http://user@pg:9091", "http://pg:9091/#f"):
+        assert not re.search(pattern, bad), bad
 
 
 # --- backend: trainjob (Kubeflow Trainer v2; the runtime itself: tests/operator/test_trainjob.py)

@@ -304,6 +304,7 @@ def test_dashboards_cover_the_run_signals():
     text = "\n".join(expressions(d))
     for metric in (
         "diffar_train_loss",
+        "diffar_train_val_loss",  # the validation curve during training: the paper's figure
         "diffar_eval_loss",
         "diffar_train_lr",
         "diffar_train_tokens_per_second",

@@ -156,10 +156,12 @@ def drive_lifecycle(api: RecordingApi, manifest: dict) -> None:
     step()  # resume: PyTorchJob patched
     api.set("pytorchjobs", ns, train, {"status": {"conditions": [condition("Restarting")]}})
     step(scrape=True)
-    api.set(plural, ns, name, {"spec": {"evaluation": {"limit": 100}}})
-    step()  # spec.evaluation is mutable until the evaluator starts
+    # spec.evaluation edited while training: eval.json is patched before the evaluator starts.
+    api.set(plural, ns, name, {"spec": {"evaluation": {"mcSamples": 7}}})
     api.set("pytorchjobs", ns, train, {"status": {"conditions": [condition("Succeeded")]}})
-    step()  # eval.json patched in the ConfigMap, evaluator Job created
+    step()  # eval.json patched, then the evaluator Job created
+    calls = [c for c in api.calls if c[1].endswith((f"configmaps/{name}-config", "/jobs"))]
+    assert [m for m, _ in calls if m in ("PATCH", "POST")][-2:] == ["PATCH", "POST"], calls
     assert ("jobs", ns, ev) in api.objects
     api.set(plural, ns, name, {"spec": {"suspend": True}})
     step()  # evaluator suspended
@@ -296,6 +298,7 @@ def test_the_recording_saw_the_whole_story(client_calls):
         ("diffusionruns/status", "patch"),
         ("arruns/status", "patch"),
         ("configmaps", "get"),
+        ("configmaps", "patch"),
     ):
         assert expected in verbs, expected
 
@@ -344,3 +347,47 @@ def test_bindings_bind_the_operators_service_account(render):
 def test_rbac_can_be_left_out(render):
     kinds = {o["kind"] for o in render(None, "rbac.create=false")}
     assert not kinds & {"ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"}
+
+
+def test_no_evaluator_job_before_its_config_patch_succeeded(client_calls):
+    """A refused ConfigMap patch (say, RBAC without it) stops the reconcile before the Job."""
+    api = RecordingApi()
+    manifest = load_yaml(ROOT / "examples" / "ar-100m.yaml")
+    manifest["spec"].pop("scheduling", None)
+    manifest["metadata"]["namespace"] = ns = "research"
+    name = manifest["metadata"]["name"]
+    plural = KINDS[manifest["kind"]].plural
+    api.add(plural, manifest)
+    kube = Kube(api)
+    settings = Settings()
+    rec.reconcile(kube, manifest["kind"], ns, name, settings)
+    api.set(plural, ns, name, {"spec": {"evaluation": {"mcSamples": 7}}})
+    api.set(
+        "pytorchjobs", ns, f"{name}-train", {"status": {"conditions": [condition("Succeeded")]}}
+    )
+    real = api.call_api
+
+    def forbid_configmap_patch(path, method, *args, **kw):
+        if method == "PATCH" and "/configmaps/" in path:
+            raise ApiException(status=403, reason="Forbidden")
+        return real(path, method, *args, **kw)
+
+    api.call_api = forbid_configmap_patch
+    with pytest.raises(Exception, match="403"):
+        rec.reconcile(kube, manifest["kind"], ns, name, settings)
+    assert ("jobs", ns, f"{name}-eval") not in api.objects
+
+
+def test_docs_list_exactly_the_chart_rbac(render):
+    """docs/operator.md's RBAC table equals the ClusterRole's rules."""
+    text = (ROOT / "docs" / "operator.md").read_text()
+    table = text.split("<!-- rbac-table -->")[1].split("<!-- /rbac-table -->")[0]
+    documented: set[Triple] = set()
+    for line in table.strip().splitlines()[2:]:
+        group, resources, verbs = (c.strip() for c in line.strip("|").split("|")[:3])
+        group = "" if group == "core" else group.strip("`")
+        for resource in resources.split(","):
+            for verb in verbs.split(","):
+                documented.add((group, resource.strip().strip("`"), verb.strip()))
+    (role,) = [o for o in render() if o["kind"] == "ClusterRole"]
+    assert documented == granted(role["rules"])

@@ -114,6 +114,73 @@ def test_run_then_rerun_reports_complete(workdir):
     assert second.returncode == 0
     assert "already complete" in second.stdout
     assert (run_dir / "logs" / "train.log").read_text().count("==== ") == 1  # no second training
+    # status.results shows every estimator and the training summary, as results.json has them.
+    assert set(status["results"]["validation"]) == {"elbo", "chain_rule_nll"}
+    assert status["results"]["bestValLoss"] > 0 and status["results"]["wallSeconds"] > 0
+    training = results["training"]
+    assert training["best_val_loss"] == min(v for _, v in training["val_curve"])
+    assert training["tokens_per_second"] > 0
+
+    # A changed manifest for this folder is refused in one line; the Succeeded status stays.
+    changed = manifest("tiny-mdm", "DiffusionRun", 2)
+    changed["spec"]["training"]["lr"] = 1e-3
+    (workdir / "mdm.yaml").write_text(yaml.safe_dump(changed))
+    third = diffar(workdir, "run", "mdm.yaml", "--local")
+    assert third.returncode == 2
+    assert "trained with another manifest (changed: optim.lr)" in third.stderr
+    assert len(third.stderr.strip().splitlines()) == 1
+    assert json.loads((run_dir / "status.json").read_text())["phase"] == "Succeeded"
+    assert (run_dir / "logs" / "train.log").read_text().count("==== ") == 1
+
+
+def test_trainer_error_shows_its_cause_on_the_terminal(workdir):
+    body = manifest("no-data", "ARRun", 1)
+    body["spec"]["data"].update(trainUri="missing/train", valUri="missing/val")
+    (workdir / "ar.yaml").write_text(yaml.safe_dump(body))
+    r = diffar(workdir, "run", "ar.yaml", "--local")
+    assert r.returncode == 2
+    # The trainer's own line, not only torchrun's ChildFailedError footer.
+    assert "diffar train: error: missing/train/manifest.json: no manifest" in r.stderr
+    assert "ChildFailedError" not in r.stderr and "Traceback" not in r.stderr
+    status = json.loads((workdir / "runs" / "no-data" / "status.json").read_text())
+    assert status["phase"] == "Failed" and "no manifest" in status["message"]
+
+
+def test_sigterm_suspends_and_a_concurrent_run_is_refused(workdir):
+    (workdir / "ar.yaml").write_text(
+        yaml.safe_dump(manifest("term-ar", "ARRun", 40, evaluation=False))
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "diffar.operator.cli", "run", "ar.yaml", "--local"],
+        cwd=workdir,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    status_file = workdir / "runs" / "term-ar" / "status.json"
+    deadline = time.monotonic() + 120
+
+    def step() -> int:
+        try:
+            return json.loads(status_file.read_text())["progress"]["step"]
+        except (OSError, ValueError, KeyError):
+            return 0
+
+    # status.json follows the training while it runs (it used to stay at step 0).
+    while step() == 0 and time.monotonic() < deadline:
+        time.sleep(0.3)
+    assert step() > 0, "status.json never showed progress"
+    second = diffar(workdir, "run", "ar.yaml", "--local")
+    assert second.returncode == 2
+    assert f"in use by another diffar run (pid {proc.pid})" in second.stderr
+    assert len(second.stderr.strip().splitlines()) == 1
+
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, out + err
+    status = json.loads(status_file.read_text())
+    assert status["phase"] == "Suspended" and status["progress"]["step"] > 0
+    assert not (workdir / "runs" / "term-ar" / "run.lock").exists()
 
 
 def test_ctrl_c_then_rerun_resumes(workdir):

@@ -1,181 +1,87 @@
-"""Bad input: invalid manifests, each rejected with a clear message, none creating a PyTorchJob.
+"""Bad input: the corpus of tests/operator/badinput_corpus.py, each case refused with a clear
+message by every layer, none creating a PyTorchJob.
 
-Every case is checked offline here (the CRD's own schema and CEL rules via
-`diffar.operator.schemacheck`, then the operator's parse and validation), and live in
-tests/cluster/test_bad_input_live.py (applied with kubectl to a real API server while the operator
-runs: refused at admission naming the field, or Failed/InvalidSpec with an Event; no PyTorchJob).
+Every case goes through both layers and they must agree: the generated CRD (its schema and CEL
+rules via `diffar.operator.schemacheck`, which matches patterns with RE2 as the API server does)
+and the pydantic models with the operator's validation (what `diffar render` and the operator
+run). Cases only the operator can check are admitted by the CRD and refused by render; valid edge
+cases are admitted by both. Live, every case is applied with kubectl to a real API server while
+the operator runs: tests/cluster/test_bad_input_live.py.
 """
 
 from __future__ import annotations
 
-import copy
-from typing import Any
+import json
+import re
 
 import pytest
 
 from diffar.operator import schemacheck, status
-from diffar.operator.runs import Run, Settings, SpecError, validate
+from diffar.operator.builders import render as render_children
+from diffar.operator.runs import Run, Settings, SpecError, transition_problems, validate
 
-from .conftest import MINIMAL_DIFFUSION
-
-
-def _set(path: str, value: Any):
-    def mutate(m: dict) -> None:
-        *parents, leaf = path.split(".")
-        node = m
-        for p in parents:
-            node = node.setdefault(p, {})
-        if value is _DELETE:
-            node.pop(leaf, None)
-        else:
-            node[leaf] = value
-
-    return mutate
+from .badinput_corpus import CASES, CLASSES, as_json, manifest
 
 
-_DELETE = object()
+def _text(errors: list[str]) -> str:
+    """Errors as one string, list indices as path segments (`a[0]` and `a.0` alike)."""
+    return re.sub(r"\[(\d+)\]", r".\1", " ".join(errors))
 
 
-def _many(*mutations):
-    def mutate(m: dict) -> None:
-        for fn in mutations:
-            fn(m)
-
-    return mutate
+def crd_verdict(case: dict, crds: dict) -> list[str]:
+    m = manifest(case)
+    old = manifest(case, old=True) if "old" in case else None
+    return schemacheck.admit(crds[m["kind"]], m, old)
 
 
-def _ar(m: dict) -> None:
-    m["kind"] = "ARRun"
+def render_verdict(case: dict) -> list[str]:
+    """What `diffar render` (and the operator) say: parse, validate, and for updates the
+    transition rules' mirror."""
+    try:
+        run = Run.from_body(manifest(case))
+        problems = validate(run)
+        if "old" in case:
+            problems += transition_problems(Run.from_body(manifest(case, old=True)).spec, run.spec)
+    except SpecError as e:
+        problems = e.problems
+    return problems
 
 
-# (id, mutation, layer, expected text): layer "schema" = the API server rejects it (schema or
-# CEL); "operator" = admitted, then the operator fails it with InvalidSpec.
-CASES = [
-    ("name-uppercase", _set("metadata.name", "MDM-Run"), "schema", "DNS-1035"),
-    ("name-leading-digit", _set("metadata.name", "1run"), "schema", "DNS-1035"),
-    ("name-too-long", _set("metadata.name", "r" * 41), "schema", "at most 40"),
-    ("no-model", _set("spec.model", _DELETE), "schema", "model"),
-    ("no-train-uri", _set("spec.data.trainUri", _DELETE), "schema", "trainUri"),
-    ("train-uri-http", _set("spec.data.trainUri", "http://x/y"), "schema", "trainUri"),
-    ("no-unique-tokens", _set("spec.data.uniqueTokens", _DELETE), "schema", "uniqueTokens"),
-    ("unique-tokens-1", _set("spec.data.uniqueTokens", 1), "schema", "uniqueTokens"),
-    ("epochs-zero", _set("spec.data.epochs", 0), "schema", "epochs"),
-    ("epochs-text", _set("spec.data.epochs", "fifty"), "schema", "epochs"),
-    ("model-empty", _set("spec.model", {"seqLen": 128}), "schema", "set model.preset"),
-    ("dim-too-small", _set("spec.model.dim", 4), "schema", "dim"),
-    ("seq-len-1", _set("spec.model.seqLen", 1), "schema", "seqLen"),
-    ("lr-zero", _set("spec.training.lr", 0), "schema", "lr"),
-    ("min-lr-above-lr", _set("spec.training.minLr", 0.5), "schema", "minLr"),
-    ("micro-above-global", _set("spec.training.microBatch", 64), "schema", "microBatch"),
-    ("precision-fp16", _set("spec.training.precision", "fp16"), "schema", "precision"),
-    ("zero-stage-4", _set("spec.training.zeroStage", 4), "schema", "zeroStage"),
-    ("dropout-1", _set("spec.training.dropout", 1.0), "schema", "dropout"),
-    ("nodes-zero", _set("spec.resources.nodes", 0), "schema", "nodes"),
-    ("gpus-zero", _set("spec.resources.gpusPerNode", 0), "schema", "gpusPerNode"),
-    ("cpu-words", _set("spec.resources.cpu", "lots"), "schema", "cpu"),
-    (
-        "gpu-resource-space",
-        _set("spec.resources.gpuResource", "nvidia gpu"),
-        "schema",
-        "gpuResource",
-    ),
-    (
-        "toleration-operator",
-        _set("spec.resources.tolerations", [{"key": "gpu", "operator": "Maybe"}]),
-        "schema",
-        "operator",
-    ),
-    ("task-unknown", _set("spec.evaluation.tasks", ["mmlu"]), "schema", "tasks"),
-    ("mc-samples-zero", _set("spec.evaluation.mcSamples", 0), "schema", "mcSamples"),
-    ("eval-without-val", _set("spec.data.valUri", _DELETE), "schema", "valUri"),
-    ("eval-without-ckpt", _set("spec.checkpoint", _DELETE), "schema", "checkpoint.uri"),
-    (
-        "kueue-and-volcano",
-        _set("spec.scheduling", {"kueue": {"queueName": "q"}, "volcano": {"queue": "v"}}),
-        "schema",
-        "kueue",
-    ),
-    ("kueue-no-queue", _set("spec.scheduling", {"kueue": {}}), "schema", "queueName"),
-    ("unknown-field", _set("spec.trainng", {"lr": 1e-3}), "schema", "trainng"),
-    ("mask-eps-zero", _set("spec.diffusion.maskEps", 0), "schema", "maskEps"),
-    (
-        "diffusion-on-arrun",
-        _many(_ar, _set("spec.diffusion", {"maskEps": 0.01})),
-        "schema",
-        "diffusion",
-    ),
-    ("s3-endpoint-no-scheme", _set("spec.s3.endpoint", "s3.local:8333"), "schema", "endpoint"),
-    ("pull-policy", _set("spec.images.pullPolicy", "Sometimes"), "schema", "pullPolicy"),
-    ("max-restarts-negative", _set("spec.maxRestarts", -1), "schema", "maxRestarts"),
-    ("ckpt-interval-zero", _set("spec.checkpoint.interval", 0), "schema", "interval"),
-    # What only the operator can check.
-    ("preset-unknown", _set("spec.model.preset", "7B"), "operator", "'7B' is unknown"),
-    (
-        "batch-not-divisible",
-        _set("spec.resources.gpusPerNode", 3),
-        "operator",
-        "not divisible by world size 6",
-    ),
-    (
-        "batch-not-divisible-nodes",
-        _set("spec.resources.nodes", 3),
-        "operator",
-        "not divisible by world size 12",
-    ),
-    (
-        "micro-batch-not-multiple",
-        _set("spec.training", {"globalBatch": 48, "microBatch": 4}),
-        "operator",
-        "not a multiple of micro_batch",
-    ),
-    ("too-few-tokens", _set("spec.data.uniqueTokens", 100), "operator", "too few for one sequence"),
-    ("no-optimizer-step", _set("spec.data.epochs", 0.001), "operator", "no optimizer step"),
-    (
-        "dims-not-divisible",
-        _set("spec.model", {"dim": 100, "layers": 2, "heads": 3}),
-        "operator",
-        "not divisible by n_heads",
-    ),
-    (
-        "odd-head-dim",
-        _set("spec.model", {"dim": 96, "layers": 2, "heads": 32}),
-        "operator",
-        "rotary",
-    ),
-]
-
-
-def bad_manifest(name: str, mutate) -> dict:
-    m = copy.deepcopy(MINIMAL_DIFFUSION)
-    m["metadata"]["name"] = f"bad-{name}"[:40]
-    mutate(m)
-    return m
+BAD = [c for c in CASES if c["layer"] != "accept"]
+CREATES = [c for c in BAD if "old" not in c]
 
 
 def test_there_are_enough_cases():
-    assert len(CASES) >= 30
-    assert len({c[0] for c in CASES}) == len(CASES)
+    names = [c["name"] for c in CASES]
+    assert len(set(names)) == len(names)
+    assert len(BAD) >= 80
+    assert {c["cls"] for c in CASES} == set(CLASSES)
+    json.loads(as_json())  # plain data, for kubectl against a real API server
 
 
-@pytest.mark.parametrize(("name", "mutate", "layer", "text"), CASES, ids=[c[0] for c in CASES])
-def test_rejected_offline(name, mutate, layer, text, run_crds):
-    m = bad_manifest(name, mutate)
-    errors = schemacheck.admit(run_crds[m["kind"]], m)
-    if layer == "schema":
-        assert errors, "the CRD admitted it"
-        assert text in " ".join(errors)
+@pytest.mark.parametrize("case", CASES, ids=[c["name"] for c in CASES])
+def test_crd_and_render_give_the_same_verdict(case, run_crds):
+    crd = crd_verdict(case, run_crds)
+    render = render_verdict(case)
+    field = case["field"]
+    if case["layer"] == "schema":
+        assert crd, "the CRD admitted it"
+        assert render, "render accepted what the CRD refuses"
+        assert field in _text(crd), crd
+        assert field in _text(render), render
+        assert all("\n" not in p and "Traceback" not in p for p in render)
+    elif case["layer"] == "operator":
+        assert crd == [], "the CRD refused what only the operator should check"
+        assert field in "; ".join(render), render
     else:
-        assert errors == []
-    # The operator rejects it too (so `diffar render` does, and a stale CRD is no hole).
-    try:
-        problems = validate(Run.from_body(m))
-    except SpecError as e:
-        problems = e.problems
-    assert problems, "the operator accepted it"
-    if layer == "operator":
-        assert text in "; ".join(problems)
-    # And the state machine creates nothing for it.
-    body = copy.deepcopy(m)
+        assert crd == [] and render == [], (crd, render)
+        render_children(Run.from_body(manifest(case)), Settings())
+
+
+@pytest.mark.parametrize("case", CREATES, ids=[c["name"] for c in CREATES])
+def test_the_state_machine_creates_nothing(case):
+    body = manifest(case)
     body["metadata"]["uid"] = "u"
     d = status.decide(body, status.Observed(), Settings(), status.datetime.now(status.UTC))
     assert d.create == [] and d.phase == "Failed" and d.status["reason"] == "InvalidSpec"
+    json.dumps(d.status, allow_nan=False)

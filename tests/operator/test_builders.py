@@ -11,6 +11,8 @@ from diffar.operator import builders
 from diffar.operator.runs import Run, Settings, planned_steps, total_steps, train_config
 from diffar.trainer.config import parse_config
 
+from .conftest import ROOT
+
 SETTINGS = Settings(pushgateway_url="http://pushgateway.monitoring:9091")
 
 
@@ -224,3 +226,86 @@ def test_paper_quickstart_steps():
     # 99,952,399 tokens at L=2048: 48,804 sequences per epoch; AR 50 epochs at batch 256.
     assert total_steps(99_952_399, 50, 2048, 256) == 9532
     assert total_steps(99_952_399, 500, 2048, 256) == 95320
+
+
+EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=[p.stem for p in EXAMPLES])
+def test_every_rendered_pod_passes_pod_security_restricted(path, tmp_path):
+    """`diffar render` of every example: the trainer's and the evaluator's pods, each replica."""
+    import subprocess
+    import sys
+
+    import yaml
+    from testsupport.pod_security import pod_specs, violations
+
+    out = subprocess.run(
+        [sys.executable, "-m", "diffar.operator.cli", "render", str(path)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    ).stdout
+    objs = [o for o in yaml.safe_load_all(out) if o]
+    pods = [p for o in objs for p in pod_specs(o)]
+    assert {n.split("/")[0] for n, _ in pods} == {"PyTorchJob", "Job"}
+    for name, pod in pods:
+        assert violations(pod) == [], name
+        cache = next(v for v in pod["volumes"] if v["name"] == "cache")
+        assert cache["emptyDir"]["sizeLimit"] == "64Gi"
+
+
+def test_the_checker_catches_what_restricted_forbids(manifest):
+    from testsupport.pod_security import violations
+
+    pod = builders.build_eval_job(run_of(manifest), SETTINGS)["spec"]["template"]["spec"]
+    assert violations(pod) == []
+    for breaks, control in (
+        (
+            lambda p: [
+                p["securityContext"].pop("runAsNonRoot"),
+                p["containers"][0]["securityContext"].pop("runAsNonRoot"),
+            ],
+            "runAsNonRoot",
+        ),
+        (lambda p: p["containers"][0]["securityContext"].pop("capabilities"), "drop"),
+        (
+            lambda p: p["containers"][0]["securityContext"].update(allowPrivilegeEscalation=True),
+            "allowPrivilegeEscalation",
+        ),
+        (
+            lambda p: [
+                p["securityContext"].pop("seccompProfile"),
+                p["containers"][0]["securityContext"].pop("seccompProfile"),
+            ],
+            "seccompProfile",
+        ),
+        (lambda p: p["volumes"].append({"name": "h", "hostPath": {"path": "/"}}), "hostPath"),
+        (lambda p: p.update(hostNetwork=True), "hostNetwork"),
+        (lambda p: p["securityContext"].update(runAsUser=0), "runAsUser"),
+    ):
+        bad = copy.deepcopy(pod)
+        breaks(bad)
+        assert any(control in v for v in violations(bad)), control
+
+
+def test_cache_size_is_a_spec_field(manifest):
+    manifest["spec"]["resources"]["cacheSize"] = "200Gi"
+    job = builders.build_pytorchjob(run_of(manifest), SETTINGS)
+    pod = job["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]
+    assert next(v for v in pod["volumes"] if v["name"] == "cache")["emptyDir"] == {
+        "sizeLimit": "200Gi"
+    }
+
+
+def test_the_largest_admissible_run_plans_within_int64(manifest):
+    """Every count is bounded so that planned steps and tokens fit the CRD's int64 status."""
+    from diffar.operator import api
+
+    manifest["spec"]["data"].update(uniqueTokens=api.MAX_UNIQUE_TOKENS, epochs=100000)
+    manifest["spec"]["model"]["seqLen"] = 2
+    manifest["spec"]["training"].update(globalBatch=1, microBatch=1)
+    run = run_of(manifest)
+    steps = planned_steps(run)
+    assert steps * 1 * 2 < 2**63 and steps > 10**17

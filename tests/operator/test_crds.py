@@ -165,3 +165,28 @@ def test_the_operator_stays_light():
         [sys.executable, "-c", code], check=True, capture_output=True, text=True, cwd=ROOT
     ).stdout
     assert out.strip() == "[]"
+
+
+def _defaults(node: dict, path: str = ""):
+    if "default" in node:
+        yield path, node
+    for name, sub in (node.get("properties") or {}).items():
+        yield from _defaults(sub, f"{path}.{name}")
+    if isinstance(node.get("items"), dict):
+        yield from _defaults(node["items"], f"{path}[]")
+
+
+def test_every_default_passes_its_own_schema_and_rules(run_crds):
+    """What the API server checks when the CRD is created: each default against its node's
+    schema and CEL rules, as written (a nested object's `{}` fails `self.minLr <= self.lr`)."""
+    from diffar.operator import schemacheck
+
+    for crd in run_crds.values():
+        schema = schemacheck.crd_schema(crd)
+        found = list(_defaults(schema))
+        assert any(p == ".spec.training" for p, _ in found)
+        for path, node in found:
+            value = node["default"]
+            assert schemacheck.structural_errors(node, value) == [], path
+            rules_only = {k: v for k, v in node.items() if k != "properties"}
+            assert schemacheck.cel_errors(rules_only, value) == [], path

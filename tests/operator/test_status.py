@@ -304,3 +304,94 @@ def test_results_from_the_evaluators_own_summary():
         "tasks": {"piqa": 0.6072},
         "resultsUri": "s3://runs/r/ckpt/results.json",
     }
+
+
+def test_a_nan_loss_never_reaches_the_status(manifest):
+    """A diverged trainer exposes NaN/Inf: the status stays valid JSON, the last finite kept."""
+    from diffar.operator.progress import parse_metrics
+
+    d = step(manifest, None, st.Observed())
+    cm, _ = d.create
+    obs = st.Observed(
+        config_map=cm, train_job=job("PyTorchJob", "mdm-small-train", [("Running", "")])
+    )
+    obs.progress = {"step": 100, "loss": 7.5, "tokens_seen": 409600, "epoch": 0.41}
+    s = step(manifest, d.status, obs).status
+    text = "diffar_train_step 120\ndiffar_train_loss NaN\ndiffar_train_epoch +Inf\n"
+    obs.progress = parse_metrics(text)
+    assert obs.progress == {"step": 120.0}
+    s = step(manifest, s, obs).status
+    assert s["progress"]["loss"] == 7.5 and s["progress"]["step"] == 120
+    # Whatever reaches decide (a sample, an earlier status), the PATCH it produces is JSON.
+    obs.progress = {"step": 130, "loss": float("nan"), "epoch": float("inf")}
+    s = step(manifest, {**s, "weird": [float("-inf"), 1.0]}, obs).status
+    json.dumps(s, allow_nan=False)
+    assert s["progress"]["step"] == 130 and s["progress"]["loss"] == 7.5
+
+
+def test_nan_in_the_evaluators_summary_is_dropped():
+    results = st.parse_results('{"loss": NaN, "tasks": {"copa": Infinity, "piqa": 0.6}}')
+    assert results == {"tasks": {"piqa": 0.6}}
+    json.dumps(results, allow_nan=False)
+
+
+def test_the_progress_endpoint_is_read_with_a_size_limit():
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from diffar.operator import progress
+
+    bodies = {
+        "/small": b"diffar_train_step 5\n",
+        "/huge": b"diffar_train_step 5\n" + b"# padding\n" * (progress.MAX_BYTES // 10 + 1),
+    }
+    read: list[int] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):
+            body = bodies[self.path]
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            try:
+                self.wfile.write(body)
+                read.append(len(body))
+            except OSError:
+                pass
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        base = f"http://127.0.0.1:{server.server_address[1]}"
+        assert progress.scrape(f"{base}/small") == {"step": 5.0}
+        assert progress.scrape(f"{base}/huge") is None
+    finally:
+        server.shutdown()
+
+
+def test_version_skew_never_fails_a_running_run(manifest):
+    """A newer CRD's field this operator does not know: report it, keep the run training."""
+    d = step(manifest, None, st.Observed())
+    cm, _ = d.create
+    obs = st.Observed(
+        config_map=cm, train_job=job("PyTorchJob", "mdm-small-train", [("Running", "")])
+    )
+    s = step(manifest, d.status, obs).status
+    assert s["phase"] == "Training"
+    newer = copy.deepcopy(manifest)
+    newer["spec"]["ar"] = {"inputMaskRate": 0.1}
+    d = step(newer, s, obs)
+    assert d.phase == "Training" and d.status["reason"] == "TrainingRunning"
+    assert d.create == [] and d.patch == []
+    validated = next(c for c in d.status["conditions"] if c["type"] == "Validated")
+    assert validated["status"] == "False" and validated["reason"] == "SpecNotUnderstood"
+    assert "spec.ar" in validated["message"]
+    assert [e[:2] for e in d.events] == [("Warning", "SpecNotUnderstood")]
+    assert step(newer, d.status, obs).events == []  # said once
+    # The same field on a run with no children yet: refused (and retried after an edit).
+    fresh = step(newer, None, st.Observed())
+    assert fresh.phase == "Failed" and fresh.status["reason"] == "InvalidSpec"
+    assert fresh.create == []

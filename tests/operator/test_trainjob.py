@@ -20,6 +20,7 @@ import jsonschema  # noqa: F401  (a missing component fails the run)
 import kubernetes_validate
 import pytest
 import yaml
+from testsupport.pod_security import violations
 
 from diffar.operator import builders, schemacheck, trainjob
 from diffar.operator.api import DEFAULT_TRAINER_IMAGE
@@ -383,6 +384,11 @@ def test_composed_trainer_pod_is_a_valid_pod(manifest, runtime):
         "medium": "Memory",
         "sizeLimit": str(run.spec.resources.sharedMemory),
     }
+    # The same security as the PyTorchJob backend's pods: Pod Security "restricted".
+    assert violations(spec) == []
+    assert spec["securityContext"] == builders.POD_SECURITY_CONTEXT
+    assert node["securityContext"] == builders.CONTAINER_SECURITY_CONTEXT
+    assert spec["automountServiceAccountToken"] is False
     # The PodMonitor finds rank 0 by these labels and the port named metrics.
     assert template["metadata"]["labels"]["app.kubernetes.io/component"] == "trainer"
     assert {p["name"]: p["containerPort"] for p in node["ports"]}["metrics"] == 9400

@@ -424,6 +424,9 @@ class ControlPlane:
                 f"--controllers={CONTROLLERS}",
                 f"--service-account-private-key-file={pki / 'sa.key'}",
                 f"--root-ca-file={pki / 'ca.crt'}",
+                # Each controller as its own ServiceAccount with its bootstrap role, as in a real
+                # cluster (system:kube-controller-manager alone may not create pods).
+                "--use-service-account-credentials",
                 "--leader-elect=false",
                 "--secure-port=0",
                 "--profiling=false",
@@ -471,8 +474,11 @@ class ControlPlane:
             **(env or {}),
         }
         full_env.pop("KUBERNETES_SERVICE_HOST", None)  # never mistake this for in-cluster
+        args = list(args or [])
+        if "--metrics-port" not in args:  # the default, 9401, may be taken on a shared machine
+            args += ["--metrics-port", str(free_port())]
         proc = _spawn(
-            [str(diffar), "operator", "--standalone", *(args or [])],
+            [str(diffar), "operator", "--standalone", *args],
             self.log("operator"),
             env=full_env,
         )

@@ -88,12 +88,15 @@ compares them with these rules. Namespaced rules only; the cluster-scoped ones a
 - apiGroups: ["batch"]
   resources: ["jobs"]
   verbs: ["get", "list", "watch", "create", "patch"]
-# <run>-config: train.json and eval.json (eval.json is patched when spec.evaluation changes
-# before the evaluator starts).
+# <run>-config: train.json and eval.json; eval.json is patched when spec.evaluation changed
+# before the evaluator starts.
 - apiGroups: [""]
   resources: ["configmaps"]
   verbs: ["get", "create", "patch"]
-# The evaluator pod's termination message (results), listed by the Job's job-name label.
+# The evaluator pod's termination message (results), listed by the Job's job-name label. Only
+# list: no get, watch, logs or exec. Cluster-wide mode grants it in every namespace (the Job's
+# pod names are generated, so nothing narrower names them); operator.watchNamespaces confines
+# it to those namespaces.
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["list"]
