@@ -164,7 +164,8 @@ class Operator:
 
 
 @pytest.fixture()
-def operator(control_plane, tmp_path) -> Iterator[Operator]:
+def operator(control_plane, ns, tmp_path) -> Iterator[Operator]:
+    # Needs `ns` so that it stops before the namespace goes (no creates into a terminating one).
     op = Operator(control_plane, tmp_path / "operator.log")
     op.start()
     yield op

@@ -91,6 +91,9 @@ def test_apiserver_restart_mid_run(control_plane, kube, ns, manifest, operator):
     time.sleep(2)  # the operator's watches and timers see connection errors meanwhile
     control_plane.start_apiserver()
     assert operator.alive(), operator.output()[-3000:]
+    # /readyz passes before every custom resource is served again (429 "storage is
+    # (re)initializing" for a moment): what a client sees after a restart.
+    wait_for("PyTorchJobs served again", lambda: kube.get("PyTorchJob", ns, f"{name}-train"))
     pytorchjob_status(kube, ns, f"{name}-train", "Running")
     wait_for(
         "Training after the restart",
@@ -110,7 +113,7 @@ def test_etcd_killed_briefly_loses_nothing(control_plane, kube, ns, manifest, op
     time.sleep(3)
     control_plane.start_etcd()
     control_plane.wait_healthy("kube-apiserver after etcd's restart", "kube-apiserver", timeout=90)
-    again = kube.get("DiffusionRun", ns, name)
+    again = wait_for("the run read back", lambda: kube.get("DiffusionRun", ns, name), timeout=60)
     assert again["metadata"]["uid"] == run["metadata"]["uid"]
     assert again["status"]["phase"] == "Pending"
     assert children(kube, ns, name) == before

@@ -143,10 +143,11 @@ def test_diffusion_run_lifecycle(
 
     # 7. Delete: the finalizer lets the operator clear the Pushgateway group; the garbage
     # collector removes the children (and the Job's pod).
-    group = f"{pushgateway}/metrics/job/diffar-eval/run/{name}"
+    # The evaluator's group (diffar.evaluator.pushgateway's grouping key), pushed as it would.
+    group = f"{pushgateway}/metrics/job/diffar-eval/namespace/{ns}/run/{name}"
     req = urllib.request.Request(group, data=b"diffar_eval_loss 3.55\n", method="PUT")
     urllib.request.urlopen(req, timeout=5).close()
-    assert f'run="{name}"' in http_get(pushgateway + "/metrics")
+    assert f'namespace="{ns}",run="{name}"' in http_get(pushgateway + "/metrics")
     control_plane.kubectl("-n", ns, "delete", "diffusionrun", name, "--timeout=60s")
     for kind, child in (("ConfigMap", "config"), ("PyTorchJob", "train"), ("Job", "eval")):
         wait_for(
@@ -156,7 +157,7 @@ def test_diffusion_run_lifecycle(
     wait_for(
         "pods collected", lambda: kube.list("Pod", ns, label_selector=f"job-name={name}-eval") == []
     )
-    assert f'run="{name}"' not in http_get(pushgateway + "/metrics")
+    assert f'namespace="{ns}",run="{name}"' not in http_get(pushgateway + "/metrics")
 
 
 def test_training_failure_and_no_evaluation(control_plane, kube, ns, manifest, operator):

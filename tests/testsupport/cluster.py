@@ -475,8 +475,11 @@ class ControlPlane:
         }
         full_env.pop("KUBERNETES_SERVICE_HOST", None)  # never mistake this for in-cluster
         args = list(args or [])
-        if "--metrics-port" not in args:  # the default, 9401, may be taken on a shared machine
+        # The defaults (9401, 0.0.0.0:8080) may be taken on a shared machine.
+        if "--metrics-port" not in args:
             args += ["--metrics-port", str(free_port())]
+        if "--liveness" not in args:
+            args += ["--liveness", f"http://127.0.0.1:{free_port()}/healthz"]
         proc = _spawn(
             [str(diffar), "operator", "--standalone", *args],
             self.log("operator"),
