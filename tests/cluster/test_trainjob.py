@@ -15,7 +15,6 @@ from collections.abc import Iterator
 import pytest
 import yaml
 from testsupport import cluster
-from testsupport.servers import free_port
 
 from diffar.operator.builders import render
 from diffar.operator.runs import Run, Settings
@@ -44,14 +43,7 @@ def trainjob_release(control_plane) -> Iterator[str]:
 @pytest.fixture()
 def tj_operator(control_plane, trainjob_release, tmp_path) -> Iterator[Operator]:
     op = Operator(control_plane, tmp_path / "operator.log")
-    # Free ports: other operators (other tests, other checkouts) may hold 8080 and 9401.
-    op.start(
-        "--backend",
-        "trainjob",
-        f"--metrics-port={free_port()}",
-        f"--liveness=http://127.0.0.1:{free_port()}/healthz",
-        account=(NS, RELEASE),
-    )
+    op.start("--backend", "trainjob", account=(NS, RELEASE))  # free ports: start_operator
     yield op
     op.stop()
     (tmp_path / "operator.log").write_text(op.output())
