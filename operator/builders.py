@@ -10,7 +10,8 @@ the run (ownerReferences, controller: true) so deleting the run deletes them:
   `EvalConfig` below). No credentials: S3 keys reach the pods through secretKeyRef only.
 - PyTorchJob `<run>-train` (kubeflow.org/v1): Master (1) + Worker (nodes-1), container `pytorch`,
   `nprocPerNode` = GPUs per node, torchrun, GPU requests, /dev/shm in memory, NCCL settings,
-  restartPolicy OnFailure with runPolicy.backoffLimit = spec.maxRestarts.
+  restartPolicy OnFailure with runPolicy.backoffLimit = spec.maxRestarts. With the operator's
+  backend `trainjob`, a Kubeflow Trainer v2 TrainJob `<run>-train` instead (`trainjob.py`).
 - Job `<run>-eval` (batch/v1), created once training succeeded: `diffar eval --config`; the
   evaluator writes a results summary (JSON, under 4 KiB) to its termination message.
 
@@ -147,7 +148,7 @@ def labels(run: Run, component: str) -> dict[str, str]:
     }
 
 
-def _metadata(run: Run, name: str, component: str, extra_labels: dict | None = None) -> dict:
+def metadata(run: Run, name: str, component: str, extra_labels: dict | None = None) -> dict:
     return {
         "name": name,
         "namespace": run.namespace,
@@ -163,7 +164,7 @@ def build_config_map(run: Run, settings: Settings) -> dict[str, Any]:
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
-        "metadata": _metadata(run, run.config_map_name, "config"),
+        "metadata": metadata(run, run.config_map_name, "config"),
         "data": {TRAIN_JSON: train + "\n", EVAL_JSON: evaluation + "\n"},
     }
 
@@ -212,7 +213,7 @@ def _resources(run: Run, gpus: int) -> dict[str, Any]:
     return {"requests": requests, "limits": limits}
 
 
-def _volumes(run: Run) -> list[dict[str, Any]]:
+def pod_volumes(run: Run) -> list[dict[str, Any]]:
     return [
         {"name": "config", "configMap": {"name": run.config_map_name}},
         {
@@ -244,11 +245,12 @@ CONTAINER_SECURITY_CONTEXT: dict[str, Any] = {
 }
 
 
-_MOUNTS = [
-    {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
-    {"name": "dshm", "mountPath": "/dev/shm"},
-    {"name": "cache", "mountPath": CACHE_DIR},
-]
+def pod_mounts() -> list[dict[str, Any]]:
+    return [
+        {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
+        {"name": "dshm", "mountPath": "/dev/shm"},
+        {"name": "cache", "mountPath": CACHE_DIR},
+    ]
 
 
 def _pod_spec(run: Run, container: dict[str, Any], restart_policy: str) -> dict[str, Any]:
@@ -256,24 +258,32 @@ def _pod_spec(run: Run, container: dict[str, Any], restart_policy: str) -> dict[
     pod: dict[str, Any] = {
         "restartPolicy": restart_policy,
         "containers": [container],
-        "volumes": _volumes(run),
+        "volumes": pod_volumes(run),
         "enableServiceLinks": False,
         "automountServiceAccountToken": False,
         "securityContext": copy.deepcopy(POD_SECURITY_CONTEXT),
     }
-    if r.nodeSelector:
-        pod["nodeSelector"] = dict(r.nodeSelector)
-    if r.tolerations:
-        pod["tolerations"] = [t.model_dump(exclude_none=True) for t in r.tolerations]
-    if r.affinity:
-        pod["affinity"] = r.affinity.model_dump(
-            mode="json", exclude_none=True, exclude_defaults=True
-        )
+    pod.update(pod_placement(run))
     if r.priorityClassName:
         pod["priorityClassName"] = r.priorityClassName
-    if run.spec.images.pullSecrets:
-        pod["imagePullSecrets"] = [{"name": n} for n in run.spec.images.pullSecrets]
     return pod
+
+
+def pod_placement(run: Run) -> dict[str, Any]:
+    """nodeSelector, tolerations, affinity and pull Secrets of the run's pods (those set)."""
+    r = run.spec.resources
+    out: dict[str, Any] = {}
+    if r.nodeSelector:
+        out["nodeSelector"] = dict(r.nodeSelector)
+    if r.tolerations:
+        out["tolerations"] = [t.model_dump(exclude_none=True) for t in r.tolerations]
+    if r.affinity:
+        out["affinity"] = r.affinity.model_dump(
+            mode="json", exclude_none=True, exclude_defaults=True
+        )
+    if run.spec.images.pullSecrets:
+        out["imagePullSecrets"] = [{"name": n} for n in run.spec.images.pullSecrets]
+    return out
 
 
 def trainer_command() -> tuple[list[str], list[str]]:
@@ -292,7 +302,7 @@ def trainer_command() -> tuple[list[str], list[str]]:
     ]
 
 
-def _trainer_container(run: Run, settings: Settings) -> dict[str, Any]:
+def trainer_container(run: Run, settings: Settings) -> dict[str, Any]:
     command, args = trainer_command()
     r = run.spec.resources
     return {
@@ -315,13 +325,13 @@ def _trainer_container(run: Run, settings: Settings) -> dict[str, Any]:
         ],
         "resources": _resources(run, r.gpusPerNode),
         "securityContext": copy.deepcopy(CONTAINER_SECURITY_CONTEXT),
-        "volumeMounts": [dict(m) for m in _MOUNTS],
+        "volumeMounts": pod_mounts(),
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }
 
 
 def _replica(run: Run, settings: Settings, replicas: int) -> dict[str, Any]:
-    pod = _pod_spec(run, _trainer_container(run, settings), "OnFailure")
+    pod = _pod_spec(run, trainer_container(run, settings), "OnFailure")
     if run.spec.scheduling.volcano:
         pod["schedulerName"] = "volcano"
     return {
@@ -360,7 +370,7 @@ def build_pytorchjob(run: Run, settings: Settings) -> dict[str, Any]:
     return {
         "apiVersion": PYTORCHJOB_API,
         "kind": "PyTorchJob",
-        "metadata": _metadata(run, run.train_job_name, "trainer", extra),
+        "metadata": metadata(run, run.train_job_name, "trainer", extra),
         "spec": {
             "nprocPerNode": str(s.resources.gpusPerNode),
             "runPolicy": run_policy,
@@ -384,7 +394,7 @@ def build_eval_job(run: Run, settings: Settings) -> dict[str, Any]:
         ],
         "resources": _resources(run, s.evaluation.gpus),
         "securityContext": copy.deepcopy(CONTAINER_SECURITY_CONTEXT),
-        "volumeMounts": [dict(m) for m in _MOUNTS],
+        "volumeMounts": pod_mounts(),
         "terminationMessagePath": TERMINATION_LOG,
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }
@@ -392,7 +402,7 @@ def build_eval_job(run: Run, settings: Settings) -> dict[str, Any]:
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
-        "metadata": _metadata(run, run.eval_job_name, "evaluator", extra),
+        "metadata": metadata(run, run.eval_job_name, "evaluator", extra),
         "spec": {
             "backoffLimit": 2,
             "suspend": bool(s.suspend or s.scheduling.kueue),
@@ -404,9 +414,40 @@ def build_eval_job(run: Run, settings: Settings) -> dict[str, Any]:
     }
 
 
+def train_kind(settings: Settings) -> str:
+    """The kind of the training child under the operator's backend."""
+    return "TrainJob" if settings.backend == "trainjob" else "PyTorchJob"
+
+
+def build_train_job(run: Run, settings: Settings) -> dict[str, Any]:
+    """The training child: a PyTorchJob, or with backend trainjob a Trainer v2 TrainJob."""
+    if settings.backend == "trainjob":
+        from diffar.operator.trainjob import build_trainjob
+
+        return build_trainjob(run, settings)
+    return build_pytorchjob(run, settings)
+
+
+def train_suspend_patch(settings: Settings, value: bool) -> dict[str, Any]:
+    if settings.backend == "trainjob":
+        from diffar.operator.trainjob import suspend_patch
+
+        return suspend_patch(value)
+    return {"spec": {"runPolicy": {"suspend": value}}}
+
+
+def backend_problems(run: Run, settings: Settings) -> list[str]:
+    """What the run asks for that the operator's backend cannot carry."""
+    if settings.backend == "trainjob":
+        from diffar.operator.trainjob import problems
+
+        return problems(run)
+    return []
+
+
 def render(run: Run, settings: Settings, *, include_eval: bool = True) -> list[dict[str, Any]]:
     """Every object the operator creates for a run, in creation order."""
-    objs = [build_config_map(run, settings), build_pytorchjob(run, settings)]
+    objs = [build_config_map(run, settings), build_train_job(run, settings)]
     if include_eval and run.spec.evaluation.enabled:
         objs.append(build_eval_job(run, settings))
     return objs

@@ -34,21 +34,23 @@ def register(sub: argparse._SubParsersAction) -> None:
         "render",
         help="print every object the operator would create for a run manifest",
         description="A dry run of the operator: validate RUN.yaml as the operator does and "
-        "print the ConfigMap, PyTorchJob and evaluator Job it would create, as YAML.",
+        "print the ConfigMap, PyTorchJob (or, with --backend trainjob, TrainJob) and evaluator "
+        "Job it would create, as YAML.",
     )
     p.add_argument("manifest", help="a DiffusionRun or ARRun manifest (YAML; '-' for stdin)")
     p.add_argument("--namespace", "-n", default=None, help="namespace if the manifest has none")
     p.add_argument(
         "--no-eval", action="store_true", help="leave out the evaluator Job (created later)"
     )
+    _backend_arguments(p)
     p.set_defaults(handler=_render)
 
     p = sub.add_parser(
         "operator",
         help="run the operator (kopf) against the current cluster",
-        description="Reconcile DiffusionRuns and ARRuns into PyTorchJobs and evaluator Jobs. "
-        "Settings from the environment: DIFFAR_PUSHGATEWAY_URL, DIFFAR_METRICS_URL_TEMPLATE, "
-        "DIFFAR_PROGRESS_INTERVAL.",
+        description="Reconcile DiffusionRuns and ARRuns into PyTorchJobs (or TrainJobs) and "
+        "evaluator Jobs. Settings from the environment: DIFFAR_PUSHGATEWAY_URL, "
+        "DIFFAR_METRICS_URL_TEMPLATE, DIFFAR_PROGRESS_INTERVAL, DIFFAR_BACKEND.",
     )
     p.add_argument(
         "--namespace",
@@ -69,7 +71,47 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--standalone", action="store_true", help="no peering with other operator replicas"
     )
     p.add_argument("--verbose", "-v", action="store_true", help="debug logging")
+    _backend_arguments(p)
     p.set_defaults(handler=_operator)
+
+
+def _backend_arguments(p: argparse.ArgumentParser) -> None:
+    from diffar.operator.runs import BACKENDS, RUNTIME_KINDS
+
+    p.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default=None,
+        help="what trains: a Kubeflow training operator PyTorchJob, or a Kubeflow Trainer v2 "
+        "TrainJob (default: DIFFAR_BACKEND, else pytorchjob)",
+    )
+    p.add_argument(
+        "--training-runtime",
+        metavar="NAME",
+        default=None,
+        help="the TrainJobs' runtime (default: DIFFAR_TRAINING_RUNTIME, else diffar-torch)",
+    )
+    p.add_argument(
+        "--training-runtime-kind",
+        choices=RUNTIME_KINDS,
+        default=None,
+        help="ClusterTrainingRuntime (default) or a TrainingRuntime in each run's namespace",
+    )
+
+
+def _apply_backend(args: argparse.Namespace) -> None:
+    """The flags win over the environment; the operator's handlers module, which registers its
+    watches when kopf imports it, reads the same variables (runs.Settings.from_env)."""
+    import os
+
+    for flag, var in (
+        ("backend", "DIFFAR_BACKEND"),
+        ("training_runtime", "DIFFAR_TRAINING_RUNTIME"),
+        ("training_runtime_kind", "DIFFAR_TRAINING_RUNTIME_KIND"),
+    ):
+        value = getattr(args, flag)
+        if value:
+            os.environ[var] = value
 
 
 def _crds(args: argparse.Namespace) -> int:
@@ -97,14 +139,16 @@ def load_manifest(path: str) -> dict:
 
 
 def _render(args: argparse.Namespace) -> int:
-    from diffar.operator.builders import render
+    from diffar.operator.builders import backend_problems, render
     from diffar.operator.runs import Run, Settings, SpecError, validate
 
+    _apply_backend(args)
+    settings = Settings.from_env()
     run = Run.from_body(load_manifest(args.manifest), namespace=args.namespace)
-    problems = validate(run)
+    problems = validate(run) + backend_problems(run, settings)
     if problems:
         raise SpecError(problems)
-    objs = render(run, Settings.from_env(), include_eval=not args.no_eval)
+    objs = render(run, settings, include_eval=not args.no_eval)
     sys.stdout.write(dump_yaml(objs))
     return 0
 
@@ -145,6 +189,10 @@ def _check_cluster_credentials() -> None:
 
 
 def _operator(args: argparse.Namespace) -> int:
+    _apply_backend(args)
+    from diffar.operator.runs import Settings
+
+    Settings.from_env()  # a bad backend or runtime name: one line, before kopf starts
     from diffar.operator.handlers import run_operator
 
     _check_cluster_credentials()

@@ -1,7 +1,8 @@
 """The kopf handlers: thin. Every cause ends in `reconcile.reconcile` for the run concerned.
 
 - a run is created, resumed (operator start) or its spec changes: reconcile it;
-- a PyTorchJob or Job labelled diffar.io/run changes: reconcile its owner run;
+- a PyTorchJob (or, with DIFFAR_BACKEND=trainjob, a TrainJob) or Job labelled diffar.io/run
+  changes: reconcile its owner run;
 - a timer per run (DIFFAR_PROGRESS_INTERVAL, 30 s): reconcile with a progress scrape while
   training (and a resync of anything missed);
 - a run is deleted: its Pushgateway group (job, namespace, run) is removed (children go by
@@ -45,6 +46,11 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_) -> None:
     # its run is deleted, then poll often, so deletion is not held back by a minute.
     settings.background.instant_exit_timeout = 1.0
     settings.background.cancellation_polling = 2
+    if memo.get("namespaced"):
+        # Scanning lists namespaces and CRDs cluster-wide, which a namespaced install's Roles do
+        # not allow (kopf retries each 403 nine times before falling back): watch exactly the
+        # namespaces given and the resources the handlers name.
+        settings.scanning.disabled = True
     memo.kube = Kube()
     memo.settings = Settings.from_env()
     memo.metrics = metrics_mod.get()
@@ -125,7 +131,11 @@ def _register() -> None:
         kopf.timer(*args, interval=PROGRESS_INTERVAL, sharp=False)(on_timer)
         kopf.on.delete(*args, backoff=5, retries=3)(on_run_delete)
     labels = {LABEL_RUN: kopf.PRESENT}
-    kopf.on.event("kubeflow.org", "v1", "pytorchjobs", labels=labels)(on_child)
+    # Only the backend's training kind: its RBAC is the only one the chart grants.
+    if Settings.from_env().backend == "trainjob":
+        kopf.on.event("trainer.kubeflow.org", "v1alpha1", "trainjobs", labels=labels)(on_child)
+    else:
+        kopf.on.event("kubeflow.org", "v1", "pytorchjobs", labels=labels)(on_child)
     kopf.on.event("batch", "v1", "jobs", labels=labels)(on_child)
 
 
@@ -147,6 +157,7 @@ def run_operator(
         start_http_server(metrics_port)
     kopf.configure(verbose=verbose)
     kopf.run(
+        memo=kopf.Memo(namespaced=bool(namespaces)),
         standalone=standalone,
         clusterwide=not namespaces,
         namespaces=namespaces,

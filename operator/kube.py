@@ -19,6 +19,7 @@ PATHS: dict[str, tuple[str, str]] = {
     "Event": ("/api/v1", "events"),
     "Job": ("/apis/batch/v1", "jobs"),
     "PyTorchJob": ("/apis/kubeflow.org/v1", "pytorchjobs"),
+    "TrainJob": ("/apis/trainer.kubeflow.org/v1alpha1", "trainjobs"),
     **{k.kind: (f"/apis/{GROUP}/{VERSION}", k.plural) for k in KINDS.values()},
 }
 

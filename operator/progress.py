@@ -26,7 +26,7 @@ METRICS = {
 
 
 def metrics_url(run: Run, settings: Settings) -> str:
-    return settings.metrics_url_template.format(
+    return settings.metrics_template().format(
         job=run.train_job_name, run=run.name, namespace=run.namespace, port=METRICS_PORT
     )
 

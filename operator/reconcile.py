@@ -8,6 +8,7 @@ duplicate anything. A per-run lock serialises reconciles of the same run inside 
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -16,9 +17,10 @@ from datetime import UTC, datetime
 
 from diffar.operator import progress as progress_mod
 from diffar.operator import status as status_mod
-from diffar.operator.builders import LABEL_RUN
-from diffar.operator.kube import Kube
-from diffar.operator.runs import Run, Settings, SpecError
+from diffar.operator import trainjob_status
+from diffar.operator.builders import LABEL_RUN, train_kind
+from diffar.operator.kube import ApiError, Kube
+from diffar.operator.runs import Run, Settings, SpecError, planned_steps
 
 log = logging.getLogger("diffar.operator")
 
@@ -55,7 +57,7 @@ def observe(kube: Kube, body: dict, *, scrape: bool, settings: Settings) -> stat
     ns, name = meta["namespace"], meta["name"]
     obs = status_mod.Observed(
         config_map=kube.get("ConfigMap", ns, f"{name}-config"),
-        train_job=kube.get("PyTorchJob", ns, f"{name}-train"),
+        train_job=kube.get(train_kind(settings), ns, f"{name}-train"),
         eval_job=kube.get("Job", ns, f"{name}-eval"),
     )
     if obs.eval_job is not None:
@@ -66,15 +68,19 @@ def observe(kube: Kube, body: dict, *, scrape: bool, settings: Settings) -> stat
                 obs.eval_results = status_mod.parse_results(message)
             else:
                 obs.eval_message = (message or "")[-2000:] or None
-    if scrape and obs.train_job is not None:
+    if obs.train_job is not None:
         state, _ = status_mod.train_state(obs.train_job)
         if state in ("Running", "Restarting"):
             try:
                 run = Run.from_body(body)
             except SpecError:
                 run = None
-            if run is not None:
+            if run is not None and scrape:
                 obs.progress = progress_mod.scrape(progress_mod.metrics_url(run, settings))
+            if run is not None and obs.progress is None and obs.train_job.get("kind") == "TrainJob":
+                # What Trainer itself reports (TrainJobStatus feature gate), when the scrape
+                # has nothing.
+                obs.progress = trainjob_status.progress_sample(obs.train_job, planned_steps(run))
     return obs
 
 
@@ -142,12 +148,58 @@ def reconcile(
     return decision
 
 
+def api_message(error: ApiError) -> str:
+    """The API server's own one-line explanation (a metav1.Status message), else the reason."""
+    try:
+        return json.loads(error.body).get("message") or error.reason
+    except (ValueError, AttributeError):
+        return error.reason or error.body[:300]
+
+
+def report_forbidden(kube: Kube, body: dict, error: ApiError, now: datetime) -> None:
+    """A 403 is a missing RBAC rule, which no retry fixes: say so on the run (the Ready
+    condition and a Warning Event, once per distinct message) and in the log, then let the
+    caller's retry carry on, so the run recovers by itself once the rule is granted."""
+    message = f"the operator lacks a permission (HTTP 403): {api_message(error)}"
+    meta = body["metadata"]
+    log.error("%s %s/%s: %s", body.get("kind"), meta["namespace"], meta["name"], message)
+    status = dict(body.get("status") or {})
+    status.pop("kopf", None)
+    if status.get("reason") == "Forbidden" and status.get("message") == message:
+        return
+    post_event(kube, body, "Warning", "Forbidden", message)
+    status["reason"], status["message"] = "Forbidden", message
+    status["conditions"] = status_mod.set_condition(
+        status.get("conditions") or [],
+        "Ready",
+        False,
+        "Forbidden",
+        message,
+        meta.get("generation") or 0,
+        now,
+    )
+    try:
+        kube.patch(body["kind"], meta["namespace"], meta["name"], {"status": status}, sub="status")
+    except ApiError as e:  # the status itself may be what is forbidden: the log has it
+        log.error("could not write the status of %s: %s", meta["name"], api_message(e))
+
+
 def _reconcile(kube, kind, namespace, name, settings, *, scrape, now):
     body = kube.get(kind, namespace, name)
     if body is None or body.get("metadata", {}).get("deletionTimestamp"):
         return None
+    now = now or datetime.now(UTC)
+    try:
+        return _act(kube, body, kind, namespace, name, settings, scrape=scrape, now=now)
+    except ApiError as e:
+        if e.status == 403:
+            report_forbidden(kube, body, e, now)
+        raise
+
+
+def _act(kube, body, kind, namespace, name, settings, *, scrape, now):
     obs = observe(kube, body, scrape=scrape, settings=settings)
-    decision = status_mod.decide(body, obs, settings, now or datetime.now(UTC))
+    decision = status_mod.decide(body, obs, settings, now)
     # Patches first: the evaluator Job reads the eval.json a patch refreshes, so it must not be
     # created before that patch is applied (a failed patch stops the reconcile, and the next one
     # tries again, before any Job exists).

@@ -19,6 +19,7 @@ from pydantic import ValidationError
 from diffar.operator.api import (
     API_VERSION,
     DNS1035,
+    DNS1123_SUBDOMAIN,
     KINDS,
     MAX_RUN_NAME,
     ARRunSpec,
@@ -44,14 +45,46 @@ class SpecError(UserError):
         super().__init__("; ".join(problems))
 
 
+BACKENDS = ("pytorchjob", "trainjob")
+RUNTIME_KINDS = ("ClusterTrainingRuntime", "TrainingRuntime")
+# Rank 0's metrics endpoint by backend: the PyTorchJob Master's Service, or the pod's DNS name
+# under the JobSet's headless Service (subdomain = the TrainJob's name, job "node", index 0).
+METRICS_URL_TEMPLATES = {
+    "pytorchjob": "http://{job}-master-0.{namespace}.svc:{port}/metrics",
+    "trainjob": "http://{job}-node-0-0.{job}.{namespace}.svc:{port}/metrics",
+}
+
+
 @dataclass(frozen=True)
 class Settings:
-    """Operator-wide settings, from the environment of the operator's Deployment."""
+    """Operator-wide settings, from the environment of the operator's Deployment.
+
+    `backend` is what trains: a Kubeflow training operator PyTorchJob, or a Kubeflow Trainer v2
+    TrainJob on the (Cluster)TrainingRuntime `training_runtime` that the chart ships.
+    `diffar operator --backend` sets DIFFAR_BACKEND, so kopf's handlers module, which registers
+    its watches at import, reads the same value."""
 
     pushgateway_url: str | None = None
-    metrics_url_template: str = "http://{job}-master-0.{namespace}.svc:{port}/metrics"
+    metrics_url_template: str = ""  # empty: the backend's METRICS_URL_TEMPLATES entry
     progress_interval: float = 30.0
     nccl_debug: str = "WARN"
+    backend: str = "pytorchjob"
+    training_runtime: str = "diffar-torch"
+    training_runtime_kind: str = "ClusterTrainingRuntime"
+
+    def __post_init__(self) -> None:
+        if self.backend not in BACKENDS:
+            raise UserError(f"backend must be one of {', '.join(BACKENDS)}, not {self.backend!r}")
+        if self.training_runtime_kind not in RUNTIME_KINDS:
+            raise UserError(
+                f"training runtime kind must be one of {', '.join(RUNTIME_KINDS)}, "
+                f"not {self.training_runtime_kind!r}"
+            )
+        if not re.match(DNS1123_SUBDOMAIN, self.training_runtime):
+            raise UserError(f"training runtime name {self.training_runtime!r} is not valid")
+
+    def metrics_template(self) -> str:
+        return self.metrics_url_template or METRICS_URL_TEMPLATES[self.backend]
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -59,12 +92,15 @@ class Settings:
         defaults = cls()
         return cls(
             pushgateway_url=env.get("DIFFAR_PUSHGATEWAY_URL") or None,
-            metrics_url_template=env.get("DIFFAR_METRICS_URL_TEMPLATE")
-            or defaults.metrics_url_template,
+            metrics_url_template=env.get("DIFFAR_METRICS_URL_TEMPLATE") or "",
             progress_interval=float(
                 env.get("DIFFAR_PROGRESS_INTERVAL", defaults.progress_interval)
             ),
             nccl_debug=env.get("DIFFAR_NCCL_DEBUG", defaults.nccl_debug),
+            backend=env.get("DIFFAR_BACKEND") or defaults.backend,
+            training_runtime=env.get("DIFFAR_TRAINING_RUNTIME") or defaults.training_runtime,
+            training_runtime_kind=env.get("DIFFAR_TRAINING_RUNTIME_KIND")
+            or defaults.training_runtime_kind,
         )
 
 

@@ -31,7 +31,7 @@ from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
-from diffar.operator import builders
+from diffar.operator import builders, trainjob_status
 from diffar.operator.runs import Run, Settings, SpecError, planned_steps, validate
 
 ACTIVE_PHASES = ("Pending", "Queued", "Training", "Evaluating", "Suspended")
@@ -147,7 +147,10 @@ def _true_conditions(obj: dict) -> dict[str, dict]:
 
 
 def train_state(job: dict) -> tuple[str, dict | None]:
-    """The PyTorchJob's state: Succeeded, Failed, Suspended, Restarting, Running or Created."""
+    """The training child's state: Succeeded, Failed, Suspended, Restarting, Running or Created
+    (a TrainJob's conditions mapped onto the PyTorchJob's by `trainjob_status`)."""
+    if job.get("kind") == "TrainJob":
+        return trainjob_status.train_state(job)
     true = _true_conditions(job)
     for state in ("Succeeded", "Failed", "Suspended", "Restarting", "Running", "Created"):
         if state in true:
@@ -335,7 +338,7 @@ def decide(body: dict, observed: Observed, settings: Settings, now: datetime) ->
     # 1. Validate: the schema's job first (pydantic), then what only the operator can check.
     try:
         run = Run.from_body(body)
-        problems = validate(run)
+        problems = validate(run) + builders.backend_problems(run, settings)
     except SpecError as e:
         run, problems = None, e.problems
     message = "; ".join(problems)
@@ -388,7 +391,7 @@ def decide(body: dict, observed: Observed, settings: Settings, now: datetime) ->
     # 2. Children that must exist, owned by this run.
     for obj, name, kind in (
         (observed.config_map, run.config_map_name, "ConfigMap"),
-        (observed.train_job, run.train_job_name, "PyTorchJob"),
+        (observed.train_job, run.train_job_name, builders.train_kind(settings)),
         (observed.eval_job, run.eval_job_name, "Job"),
     ):
         if obj is not None and not owned_by(obj, run.uid):
@@ -409,8 +412,9 @@ def decide(body: dict, observed: Observed, settings: Settings, now: datetime) ->
 
     # 3. Training.
     job = observed.train_job
+    train_kind = builders.train_kind(settings)
     if job is None:
-        d.create.append(builders.build_pytorchjob(run, settings))
+        d.create.append(builders.build_train_job(run, settings))
         extra["progress"] = update_progress(progress, None, total, now)
         if suspend:
             return finish(
@@ -421,17 +425,21 @@ def decide(body: dict, observed: Observed, settings: Settings, now: datetime) ->
                 _Outcome("Queued", Reason.QUEUED, "waiting for Kueue admission"), run, **extra
             )
         return finish(
-            _Outcome("Pending", Reason.CHILDREN_CREATED, "PyTorchJob created"), run, **extra
+            _Outcome("Pending", Reason.CHILDREN_CREATED, f"{train_kind} created"), run, **extra
         )
 
     state, cond = train_state(job)
     cond_msg = (cond or {}).get("message") or ""
-    job_suspended = bool(((job.get("spec") or {}).get("runPolicy") or {}).get("suspend"))
+    job_suspended = _train_suspended(job)
     if state not in ("Succeeded", "Failed"):
         if suspend and not job_suspended:
-            d.patch.append(("PyTorchJob", job["metadata"]["name"], _suspend_patch(True)))
+            d.patch.append(
+                (train_kind, job["metadata"]["name"], builders.train_suspend_patch(settings, True))
+            )
         elif not suspend and job_suspended and (not kueue or prev.get("phase") == "Suspended"):
-            d.patch.append(("PyTorchJob", job["metadata"]["name"], _suspend_patch(False)))
+            d.patch.append(
+                (train_kind, job["metadata"]["name"], builders.train_suspend_patch(settings, False))
+            )
         sample = observed.progress if state in ("Running", "Restarting") else None
         extra["progress"] = update_progress(progress, sample, total, now)
         if suspend:
@@ -457,7 +465,7 @@ def decide(body: dict, observed: Observed, settings: Settings, now: datetime) ->
         return finish(_Outcome("Pending", Reason.PODS_PENDING, cond_msg), run, **extra)
 
     if state == "Failed":
-        msg = cond_msg or "the PyTorchJob failed"
+        msg = cond_msg or f"the {train_kind} failed"
         return finish(_Outcome("Failed", FailureReason.TRAINING_FAILED, msg), run, **extra)
 
     # 4. Training succeeded: evaluation.
@@ -526,5 +534,7 @@ def _training_reason(status: dict, outcome: _Outcome) -> str:
     return outcome.reason or Reason.NOT_STARTED
 
 
-def _suspend_patch(value: bool) -> dict:
-    return {"spec": {"runPolicy": {"suspend": value}}}
+def _train_suspended(job: dict) -> bool:
+    if job.get("kind") == "TrainJob":
+        return trainjob_status.is_suspended(job)
+    return bool(((job.get("spec") or {}).get("runPolicy") or {}).get("suspend"))

@@ -340,3 +340,48 @@ def test_the_pushgateway_value_has_the_run_apis_url_pattern():
     assert pattern == f"^({URL_PATTERN[1:-1]})?$"
     for bad in ("http://pg:9091/?x=1", "http://user@pg:9091", "http://pg:9091/#f"):
         assert not re.search(pattern, bad), bad
+
+
+# --- backend: trainjob (Kubeflow Trainer v2; the runtime itself: tests/operator/test_trainjob.py)
+
+TRAINER = "trainer.kubeflow.org/v1alpha1"
+
+
+@pytest.mark.parametrize("sets", [(), ("operator.watchNamespaces={a,b}",)], ids=["cluster", "ns"])
+def test_trainjob_backend_renders_lints_and_validates(helm, render, sets):
+    sets = ("backend=trainjob", "metrics.podMonitor.enabled=true", *sets)
+    out = run([helm, "lint", "--strict", str(CHART), *(a for s in sets for a in ("--set", s))])
+    assert "[WARNING]" not in out.stdout and "[ERROR]" not in out.stdout, out.stdout
+    objs = render(None, *sets)
+    runtimes = [o for o in objs if o["apiVersion"] == TRAINER]
+    assert runtimes and {o["metadata"]["name"] for o in runtimes} == {"diffar-torch"}
+    for obj in objs:
+        if obj["apiVersion"] not in (MONITORING, TRAINER):
+            kubernetes_validate.validate(obj, K8S_VERSIONS[-1], strict=True)
+    (dep,) = by_kind(objs)["Deployment"]
+    assert "--backend=trainjob" in dep["spec"]["template"]["spec"]["containers"][0]["args"]
+    (pm,) = by_kind(objs)["PodMonitor"]
+    (rank0,) = pm["spec"]["selector"]["matchExpressions"]
+    assert rank0 == {
+        "key": "batch.kubernetes.io/job-completion-index",
+        "operator": "In",
+        "values": ["0"],
+    }
+
+
+def test_default_backend_ships_no_runtime(render):
+    objs = render()
+    assert not [o for o in objs if o["apiVersion"] == TRAINER]
+    (dep,) = by_kind(objs)["Deployment"]
+    assert "--backend=pytorchjob" in dep["spec"]["template"]["spec"]["containers"][0]["args"]
+
+
+def test_helm_refuses_an_unknown_backend(helm):
+    import subprocess
+
+    proc = subprocess.run(
+        [helm, "template", "x", str(CHART), "--set", "backend=tfjob"],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode != 0 and "backend" in proc.stderr

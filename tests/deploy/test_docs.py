@@ -17,7 +17,16 @@ from diffar.operator.runs import Run, planned_steps
 from .conftest import CHART, ROOT, find_tool, load_yaml
 
 DOCS = [ROOT / "docs" / n for n in ("install.md", "dashboards.md", "troubleshooting.md")]
-VALUE_ROOTS = ("operator", "metrics", "dashboards", "pushgateway", "runDefaults", "rbac", "image")
+VALUE_ROOTS = (
+    "operator",
+    "metrics",
+    "dashboards",
+    "pushgateway",
+    "runDefaults",
+    "rbac",
+    "image",
+    "trainingRuntime",
+)
 
 
 def value_paths(tree: dict, prefix: str = "") -> set[str]:

@@ -73,10 +73,17 @@ compares them with these rules. Namespaced rules only; the cluster-scoped ones a
 - apiGroups: ["diffar.io"]
   resources: ["diffusionruns/finalizers", "arruns/finalizers"]
   verbs: ["update"]
-# Training: created, read, watched (kopf event handlers), suspended/resumed by a merge patch.
+# Training: created, read, watched (kopf event handlers), suspended/resumed by a merge patch;
+# the chosen backend's kind only.
+{{- if eq .Values.backend "trainjob" }}
+- apiGroups: ["trainer.kubeflow.org"]
+  resources: ["trainjobs"]
+  verbs: ["get", "list", "watch", "create", "patch"]
+{{- else }}
 - apiGroups: ["kubeflow.org"]
   resources: ["pytorchjobs"]
   verbs: ["get", "list", "watch", "create", "patch"]
+{{- end }}
 # Evaluation: likewise.
 - apiGroups: ["batch"]
   resources: ["jobs"]
