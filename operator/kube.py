@@ -20,6 +20,7 @@ PATHS: dict[str, tuple[str, str]] = {
     "Job": ("/apis/batch/v1", "jobs"),
     "PyTorchJob": ("/apis/kubeflow.org/v1", "pytorchjobs"),
     **{k.kind: (f"/apis/{GROUP}/{VERSION}", k.plural) for k in KINDS.values()},
+    "ScalingStudy": (f"/apis/{GROUP}/{VERSION}", "scalingstudies"),
 }
 
 

@@ -355,10 +355,13 @@ def run_local(
     return status
 
 
-def run_side_by_side(runs: list[LocalRun], workers: int = 2) -> list[RunStatus]:
+def run_side_by_side(
+    runs: list[LocalRun], workers: int = 2, *, keep_going: bool = False
+) -> list[RunStatus]:
     """Run several local runs, `workers` at a time, one CPU thread each; statuses in order.
     They share the terminal, so progress comes as plain lines. The first failure stops new
-    runs from starting and is raised once the running ones end."""
+    runs from starting and is raised once the running ones end; with `keep_going` (a
+    ScalingStudy's children) a failed run gets a Failed status and the others go on."""
 
     statuses: list[RunStatus | None] = [None] * len(runs)
     pending = list(enumerate(runs))
@@ -375,6 +378,13 @@ def run_side_by_side(runs: list[LocalRun], workers: int = 2) -> list[RunStatus]:
                 display = _Display(run.name)
                 display.tty = False
                 statuses[i] = run_local(run, threads=1, display=display)
+            except UserError as e:
+                if not keep_going:
+                    errors.append(e)
+                    continue
+                display.line(f"failed: {str(e).splitlines()[0]}")
+                statuses[i] = RunStatus(phase="Failed", objective=run.objective,
+                                        reason="RunFailed", message=str(e)[-2000:])  # fmt: skip
             except BaseException as e:  # re-raised in the caller's thread
                 errors.append(e)
 
