@@ -188,6 +188,13 @@ def write_status(run: LocalRun, status: RunStatus) -> None:
     os.replace(tmp, run.status_json)
 
 
+def _phase(path: Path) -> str | None:
+    try:
+        return json.loads(path.read_text()).get("phase")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
 def _rfc3339(t: datetime) -> str:
     return t.strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -299,8 +306,10 @@ def run_local(
     run.dir.mkdir(parents=True, exist_ok=True)
     threads = threads or run.threads or max(1, (os.cpu_count() or 1) // run.processes)
     results = results_from(run.results_json)
+    # A run without evaluation has no results.json: its own Succeeded status says it is done.
+    trained = run.eval_config is None and _phase(run.status_json) == "Succeeded"
     if (
-        results is not None
+        (results is not None or trained)
         and run.train_json.is_file()
         and run.train_json.read_text() == run.train_config.to_json()
     ):

@@ -135,7 +135,8 @@ def run_study_local(manifest: dict, root: Path, *, workers: int | None = None, l
         status.update(phase="Failed", reason="TooFewResults",
                       message="cannot fit: " + "; ".join(short))  # fmt: skip
     else:
-        doc = fit_input(study, [p for p in points if p["objective"] in ok])
+        keys = ("objective", "params", "unique_tokens", "epochs", "loss", "source")
+        doc = fit_input(study, [{k: p[k] for k in keys} for p in points if p["objective"] in ok])
         log(f"{study.name}: fitting {len(doc['points'])} points ({', '.join(ok)})")
         result = run_fit(FitInput.model_validate(doc), log=log)
         status["fit"] = fit_status(result)
