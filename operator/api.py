@@ -149,9 +149,15 @@ class TrainingSpec(_Spec):
     model_config = ConfigDict(
         json_schema_extra={
             "x-kubernetes-validations": [
-                {"rule": "self.minLr <= self.lr", "message": "training.minLr must not exceed lr"},
+                # has(): the API server also checks these rules against the object's `default: {}`,
+                # before the fields' own defaults fill it in.
                 {
-                    "rule": "self.microBatch <= self.globalBatch",
+                    "rule": "!has(self.minLr) || !has(self.lr) || self.minLr <= self.lr",
+                    "message": "training.minLr must not exceed lr",
+                },
+                {
+                    "rule": "!has(self.microBatch) || !has(self.globalBatch) || "
+                    "self.microBatch <= self.globalBatch",
                     "message": "training.microBatch must not exceed globalBatch",
                 },
             ]

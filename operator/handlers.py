@@ -43,6 +43,11 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_) -> None:
     # its run is deleted, then poll often, so deletion is not held back by a minute.
     settings.background.instant_exit_timeout = 1.0
     settings.background.cancellation_polling = 2
+    if memo.get("namespaced"):
+        # Scanning lists namespaces and CRDs cluster-wide, which a namespaced install's Roles do
+        # not allow (kopf retries each 403 nine times before falling back): watch exactly the
+        # namespaces given and the resources the handlers name.
+        settings.scanning.disabled = True
     memo.kube = Kube()
     memo.settings = Settings.from_env()
     memo.metrics = metrics_mod.get()
@@ -133,6 +138,7 @@ def run_operator(
         start_http_server(metrics_port)
     kopf.configure(verbose=verbose)
     kopf.run(
+        memo=kopf.Memo(namespaced=bool(namespaces)),
         standalone=standalone,
         clusterwide=not namespaces,
         namespaces=namespaces,

@@ -8,6 +8,7 @@ duplicate anything. A per-run lock serialises reconciles of the same run inside 
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -17,7 +18,7 @@ from datetime import UTC, datetime
 from diffar.operator import progress as progress_mod
 from diffar.operator import status as status_mod
 from diffar.operator.builders import LABEL_RUN
-from diffar.operator.kube import Kube
+from diffar.operator.kube import ApiError, Kube
 from diffar.operator.runs import Run, Settings, SpecError
 
 log = logging.getLogger("diffar.operator")
@@ -142,12 +143,58 @@ def reconcile(
     return decision
 
 
+def api_message(error: ApiError) -> str:
+    """The API server's own one-line explanation (a metav1.Status message), else the reason."""
+    try:
+        return json.loads(error.body).get("message") or error.reason
+    except (ValueError, AttributeError):
+        return error.reason or error.body[:300]
+
+
+def report_forbidden(kube: Kube, body: dict, error: ApiError, now: datetime) -> None:
+    """A 403 is a missing RBAC rule, which no retry fixes: say so on the run (the Ready
+    condition and a Warning Event, once per distinct message) and in the log, then let the
+    caller's retry carry on, so the run recovers by itself once the rule is granted."""
+    message = f"the operator lacks a permission (HTTP 403): {api_message(error)}"
+    meta = body["metadata"]
+    log.error("%s %s/%s: %s", body.get("kind"), meta["namespace"], meta["name"], message)
+    status = dict(body.get("status") or {})
+    status.pop("kopf", None)
+    if status.get("reason") == "Forbidden" and status.get("message") == message:
+        return
+    post_event(kube, body, "Warning", "Forbidden", message)
+    status["reason"], status["message"] = "Forbidden", message
+    status["conditions"] = status_mod.set_condition(
+        status.get("conditions") or [],
+        "Ready",
+        False,
+        "Forbidden",
+        message,
+        meta.get("generation") or 0,
+        now,
+    )
+    try:
+        kube.patch(body["kind"], meta["namespace"], meta["name"], {"status": status}, sub="status")
+    except ApiError as e:  # the status itself may be what is forbidden: the log has it
+        log.error("could not write the status of %s: %s", meta["name"], api_message(e))
+
+
 def _reconcile(kube, kind, namespace, name, settings, *, scrape, now):
     body = kube.get(kind, namespace, name)
     if body is None or body.get("metadata", {}).get("deletionTimestamp"):
         return None
+    now = now or datetime.now(UTC)
+    try:
+        return _act(kube, body, kind, namespace, name, settings, scrape=scrape, now=now)
+    except ApiError as e:
+        if e.status == 403:
+            report_forbidden(kube, body, e, now)
+        raise
+
+
+def _act(kube, body, kind, namespace, name, settings, *, scrape, now):
     obs = observe(kube, body, scrape=scrape, settings=settings)
-    decision = status_mod.decide(body, obs, settings, now or datetime.now(UTC))
+    decision = status_mod.decide(body, obs, settings, now)
     for obj in decision.create:
         _, created = kube.create(obj)
         log.info(

@@ -156,8 +156,10 @@ def drive_lifecycle(api: RecordingApi, manifest: dict) -> None:
     step()  # resume: PyTorchJob patched
     api.set("pytorchjobs", ns, train, {"status": {"conditions": [condition("Restarting")]}})
     step(scrape=True)
+    api.set(plural, ns, name, {"spec": {"evaluation": {"limit": 100}}})
+    step()  # spec.evaluation is mutable until the evaluator starts
     api.set("pytorchjobs", ns, train, {"status": {"conditions": [condition("Succeeded")]}})
-    step()  # evaluator Job created
+    step()  # eval.json patched in the ConfigMap, evaluator Job created
     assert ("jobs", ns, ev) in api.objects
     api.set(plural, ns, name, {"spec": {"suspend": True}})
     step()  # evaluator suspended

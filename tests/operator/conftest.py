@@ -1,23 +1,17 @@
 """Fixtures of the operator tests.
 
-The contract and end-to-end tests need real components (jsonschema, cel-python,
-kubernetes-validate, kmock, kopf): they are imported at module level in the tests that use them,
-so a missing one fails the test run instead of skipping it.
+The contract tests need real components (jsonschema, cel-python, kubernetes-validate): they are
+imported at module level in the tests that use them, so a missing one fails the test run instead
+of skipping it. The operator against a real API server is tested in tests/cluster.
 """
 
 from __future__ import annotations
 
 import copy
-import os
 from pathlib import Path
 
 import pytest
 import yaml
-
-from .harness import cluster, kube, kubeconfig, operator_env, services  # noqa: F401
-
-# The operator's progress timer, read when diffar.operator.handlers is first imported.
-os.environ["DIFFAR_PROGRESS_INTERVAL"] = "0.3"
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent

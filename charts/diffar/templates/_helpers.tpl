@@ -86,10 +86,11 @@ compares them with these rules. Namespaced rules only; the cluster-scoped ones a
 - apiGroups: ["batch"]
   resources: ["jobs"]
   verbs: ["get", "list", "watch", "create", "patch"]
-# <run>-config: train.json and eval.json.
+# <run>-config: train.json and eval.json (eval.json is patched when spec.evaluation changes
+# before the evaluator starts).
 - apiGroups: [""]
   resources: ["configmaps"]
-  verbs: ["get", "create"]
+  verbs: ["get", "create", "patch"]
 # The evaluator pod's termination message (results), listed by the Job's job-name label.
 - apiGroups: [""]
   resources: ["pods"]
