@@ -266,8 +266,8 @@ class FitParams(_Spec):
     """Constants of the law held fixed in the fit (unset: fitted)."""
 
     E: float | None = Field(None, gt=0, le=100, description="Irreducible loss E.")
-    A: float | None = Field(None, gt=0, le=1e30, description="Parameter term's scale A.")
-    B: float | None = Field(None, gt=0, le=1e30, description="Data term's scale B.")
+    A: float | None = Field(None, gt=0, le=1e12, description="Parameter term's scale A.")
+    B: float | None = Field(None, gt=0, le=1e12, description="Data term's scale B.")
     alpha: float | None = Field(None, gt=0, lt=5, description="Parameter exponent alpha.")
     beta: float | None = Field(None, gt=0, lt=5, description="Data exponent beta.")
     R_D_star: float | None = Field(
