@@ -17,6 +17,7 @@ from diffar.trainer.errors import UserError
 def build_parser() -> argparse.ArgumentParser:
     from diffar.evaluator import cli as evaluator_cli
     from diffar.operator import commands as operator_cli
+    from diffar.operator import study_fit
     from diffar.operator.local import cli as local_cli
     from diffar.trainer import cli as trainer_cli
 
@@ -26,7 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in (trainer_cli, evaluator_cli, operator_cli, local_cli):
+    for module in (trainer_cli, evaluator_cli, operator_cli, local_cli, study_fit):
         module.register(sub)
     return parser
 

@@ -37,7 +37,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         "print the ConfigMap, PyTorchJob (or, with --backend trainjob, TrainJob) and evaluator "
         "Job it would create, as YAML.",
     )
-    p.add_argument("manifest", help="a DiffusionRun or ARRun manifest (YAML; '-' for stdin)")
+    p.add_argument(
+        "manifest",
+        help="a DiffusionRun or ARRun manifest, or a ScalingStudy (its child runs are printed); "
+        "YAML, '-' for stdin",
+    )
     p.add_argument("--namespace", "-n", default=None, help="namespace if the manifest has none")
     p.add_argument(
         "--no-eval", action="store_true", help="leave out the evaluator Job (created later)"
@@ -143,8 +147,14 @@ def _render(args: argparse.Namespace) -> int:
     from diffar.operator.runs import Run, Settings, SpecError, validate
 
     _apply_backend(args)
+    manifest = load_manifest(args.manifest)
+    if isinstance(manifest, dict) and manifest.get("kind") == "ScalingStudy":
+        from diffar.operator.study import render_study
+
+        sys.stdout.write(dump_yaml(render_study(manifest, namespace=args.namespace)))
+        return 0
     settings = Settings.from_env()
-    run = Run.from_body(load_manifest(args.manifest), namespace=args.namespace)
+    run = Run.from_body(manifest, namespace=args.namespace)
     problems = validate(run) + backend_problems(run, settings)
     if problems:
         raise SpecError(problems)

@@ -140,6 +140,8 @@ def _register() -> None:
 
 
 _register()
+# ScalingStudies: their handlers register on import, in the same registry.
+from diffar.operator import study_handlers  # noqa: E402, F401
 
 
 def run_operator(

@@ -21,6 +21,7 @@ PATHS: dict[str, tuple[str, str]] = {
     "PyTorchJob": ("/apis/kubeflow.org/v1", "pytorchjobs"),
     "TrainJob": ("/apis/trainer.kubeflow.org/v1alpha1", "trainjobs"),
     **{k.kind: (f"/apis/{GROUP}/{VERSION}", k.plural) for k in KINDS.values()},
+    "ScalingStudy": (f"/apis/{GROUP}/{VERSION}", "scalingstudies"),
 }
 
 

@@ -11,13 +11,17 @@ from diffar.trainer.errors import UserError
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "run",
-        help="run a DiffusionRun/ARRun manifest on this machine (--local)",
+        help="run a DiffusionRun/ARRun or ScalingStudy manifest on this machine (--local)",
         description="Resolve a run manifest with the operator's own code and run it here: "
         "training through torchx's local scheduler, then the evaluator, everything under "
         "ROOT/<name>/. Running the same command again resumes, or reports the run complete. "
         "On a cluster, `kubectl apply -f RUN.yaml` instead.",
     )
-    p.add_argument("manifest", help="a DiffusionRun or ARRun manifest (YAML)")
+    p.add_argument(
+        "manifest",
+        help="a DiffusionRun or ARRun manifest, or a ScalingStudy (its children side by side, "
+        "then the fit; status in ROOT/<study>/status.json) (YAML)",
+    )
     p.add_argument("--local", action="store_true", help="run on this machine (required)")
     p.add_argument("--root", default="runs", help="where runs keep their files (default runs/)")
     p.add_argument(
@@ -57,12 +61,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     r = sub.add_parser(
         "reproduce",
         help="the small CPU reproduction grid, fitted, written to docs/reproduction.md (~11 min)",
-        description="Train AR and MDM at two model sizes and two unique-token budgets for 100 "
-        "epochs each (validation every 4 epochs), fit the data-constrained scaling law to all "
-        "validation points, and write the report with plots. Not part of the tests.",
+        description="Run the ScalingStudy examples/local/study-reproduce.yaml on this machine "
+        "(AR and MDM at two model sizes and two unique-token budgets for 100 epochs each, "
+        "validation about every 4 epochs), fit the data-constrained scaling law to every "
+        "validation point, and write the report with plots from the study's status.",
     )
     r.add_argument("--root", default="runs", help="where runs keep their files (default runs/)")
     r.add_argument("--report", default="docs/reproduction.md", help="the report to write")
+    r.add_argument(
+        "--study",
+        default=None,
+        help="the ScalingStudy to run (default examples/local/study-reproduce.yaml)",
+    )
     r.set_defaults(handler=_reproduce)
 
 
@@ -80,7 +90,14 @@ def _run(args: argparse.Namespace) -> int:
     )
 
     sigterm_as_interrupt()
-    run = resolve(load_manifest(args.manifest), Path(args.root), processes=args.processes)
+    manifest = load_manifest(args.manifest)
+    if isinstance(manifest, dict) and manifest.get("kind") == "ScalingStudy":
+        from diffar.operator.local.study import format_study_status, run_study_local
+
+        result = run_study_local(manifest, Path(args.root))
+        print(format_study_status(result.name, result.status), end="")
+        return 0 if result.status.get("phase") == "Succeeded" else 1
+    run = resolve(manifest, Path(args.root), processes=args.processes)
     status = run_local(run, threads=args.threads)
     print(format_status(run.name, status), end="")
     return 0 if status.phase == "Succeeded" else 1
@@ -107,4 +124,4 @@ def _quickstart(args: argparse.Namespace) -> int:
 def _reproduce(args: argparse.Namespace) -> int:
     from diffar.operator.local.reproduce import main
 
-    return main(Path("."), Path(args.root), Path(args.report))
+    return main(Path("."), Path(args.root), Path(args.report), args.study and Path(args.study))

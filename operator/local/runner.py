@@ -244,6 +244,13 @@ def write_status(run: LocalRun, status: RunStatus) -> None:
     os.replace(tmp, run.status_json)
 
 
+def _phase(path: Path) -> str | None:
+    try:
+        return json.loads(path.read_text()).get("phase")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
 def _rfc3339(t: datetime) -> str:
     return t.strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -503,7 +510,9 @@ def _run_locked(run: LocalRun, threads: int | None, display: _Display | None) ->
     threads = threads or run.threads or max(1, (os.cpu_count() or 1) // run.processes)
     check_same_config(run)
     results = results_from(run.results_json)
-    if results is not None and run.train_json.is_file():
+    # A run without evaluation has no results.json: its own Succeeded status says it is done.
+    trained = run.eval_config is None and _phase(run.status_json) == "Succeeded"
+    if (results is not None or trained) and run.train_json.is_file():
         status = RunStatus(phase="Succeeded", objective=run.objective, reason="AlreadyComplete",
                            message=f"run is complete; delete {run.dir} to train it again",
                            progress=read_progress(run), results=results)  # fmt: skip
@@ -565,10 +574,13 @@ def sigterm_as_interrupt() -> None:
     signal.signal(signal.SIGTERM, handler)
 
 
-def run_side_by_side(runs: list[LocalRun], workers: int = 2) -> list[RunStatus]:
+def run_side_by_side(
+    runs: list[LocalRun], workers: int = 2, *, keep_going: bool = False
+) -> list[RunStatus]:
     """Run several local runs, `workers` at a time, one CPU thread each; statuses in order.
     They share the terminal, so progress comes as plain lines. The first failure stops new
-    runs from starting and is raised once the running ones end."""
+    runs from starting and is raised once the running ones end; with `keep_going` (a
+    ScalingStudy's children) a failed run gets a Failed status and the others go on."""
 
     statuses: list[RunStatus | None] = [None] * len(runs)
     pending = list(enumerate(runs))
@@ -585,6 +597,13 @@ def run_side_by_side(runs: list[LocalRun], workers: int = 2) -> list[RunStatus]:
                 display = _Display(run.name)
                 display.tty = False
                 statuses[i] = run_local(run, threads=1, display=display)
+            except UserError as e:
+                if not keep_going:
+                    errors.append(e)
+                    continue
+                display.line(f"failed: {str(e).splitlines()[0]}")
+                statuses[i] = RunStatus(phase="Failed", objective=run.objective,
+                                        reason="RunFailed", message=str(e)[-2000:])  # fmt: skip
             except BaseException as e:  # re-raised in the caller's thread
                 errors.append(e)
 

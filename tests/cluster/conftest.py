@@ -129,7 +129,7 @@ def ns(control_plane) -> Iterator[str]:
     # they (and the namespace) would linger, and the next test's operator would keep their
     # progress timers busy.
     kube = admin_kube(control_plane)
-    for kind in ("DiffusionRun", "ARRun"):
+    for kind in ("DiffusionRun", "ARRun", "ScalingStudy"):
         for run in kube.list(kind, name):
             kube.patch(kind, name, run["metadata"]["name"], {"metadata": {"finalizers": None}})
     control_plane.kubectl("delete", "namespace", name, "--wait=false", check=False)

@@ -70,7 +70,7 @@ def test_default_render_has_the_expected_objects(render):
             "ServiceAccount",
         ]
     )
-    assert len(kinds["CustomResourceDefinition"]) == 2
+    assert len(kinds["CustomResourceDefinition"]) == 3  # ARRun, DiffusionRun, ScalingStudy
     assert len(kinds["ConfigMap"]) == 2  # the two dashboards
 
 
@@ -100,7 +100,7 @@ def test_chart_crds_are_the_generated_crds():
 
 def test_crds_are_valid_crds(render):
     crds = by_kind(render())["CustomResourceDefinition"]
-    assert {c["spec"]["names"]["kind"] for c in crds} == {"DiffusionRun", "ARRun"}
+    assert {c["spec"]["names"]["kind"] for c in crds} == {"DiffusionRun", "ARRun", "ScalingStudy"}
     for crd in crds:
         for version in K8S_VERSIONS:
             kubernetes_validate.validate(crd, version, strict=True)

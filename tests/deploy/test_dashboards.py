@@ -207,6 +207,15 @@ def exported_metrics() -> set[str]:
     metrics.reconcile_seconds.labels("ARRun").observe(0.1)
     metrics.children_created.labels("Job").inc()
     registries.append(operator_registry)
+    from diffar.operator.study_reconcile import StudyCollector
+
+    studies = StudyCollector()
+    law = {"values": {"R_D_star": 30.0}, "stderr": {"R_D_star": 2.0}}
+    studies.set(("ns", "s"), {"children": [{"phase": "Succeeded"}],
+                              "fit": {"ar": law, "criticalCompute": [{"uniqueTokens": 1e8, "flops": 1e18}]}})  # fmt: skip
+    study_registry = CollectorRegistry()
+    study_registry.register(studies)
+    registries.append(study_registry)
     for registry in registries:
         for family in registry.collect():
             names |= {s.name for s in family.samples}

@@ -76,6 +76,13 @@ def prom(tmp_path_factory):
     op.reconcile_seconds.labels("ARRun").observe(0.01)
     op.reconcile_errors.labels("ARRun")
     op.children_created.labels("PyTorchJob").inc()
+    from diffar.operator.study_reconcile import StudyCollector
+
+    studies = StudyCollector()
+    law = {"values": {"R_D_star": 30.0, "E": 1.9}, "stderr": {"R_D_star": 2.0, "E": 0.1}}
+    studies.set((NS, "paper-u100m"), {"children": [{"phase": "Succeeded"}],
+                                      "fit": {"ar": law, "mdm": law}})  # fmt: skip
+    operator_registry.register(studies)
     op_server, _ = start_http_server(0, addr="127.0.0.1", registry=operator_registry)
     trainer_targets = [f"127.0.0.1:{m.port}" for m in trainers.values()]
     scrape_configs = [
@@ -137,7 +144,7 @@ def prom(tmp_path_factory):
             )
         p = Prom(stack.prometheus_url)
         deadline = time.monotonic() + 60
-        ready = "count(count_over_time(diffar_train_step[20s]) >= 4) == 2 and on() count(diffar_eval_loss) == 2 and on() count(diffar_operator_runs) > 0"
+        ready = "count(count_over_time(diffar_train_step[20s]) >= 4) == 2 and on() count(diffar_eval_loss) == 2 and on() count(diffar_operator_runs) > 0 and on() count(diffar_study_fit_value) > 0"
         while time.monotonic() < deadline and not p.query(ready):
             time.sleep(0.5)
         assert p.query(ready), "Prometheus did not collect the samples in 60 s: " + str(

@@ -205,6 +205,35 @@ def drive_conflict(api: RecordingApi, manifest: dict) -> None:
         assert not created
 
 
+def drive_study(api: RecordingApi) -> None:
+    """A ScalingStudy from creation to its fit: children created, finished, the fit Job."""
+    from diffar.operator import study as study_mod
+    from diffar.operator.study_reconcile import reconcile_study
+
+    body = load_yaml(ROOT / "examples" / "study-paper-100m.yaml")
+    body["metadata"]["namespace"] = "research"
+    body["spec"]["maxConcurrent"] = 64
+    body["spec"]["template"].pop("scheduling", None)
+    api.add("scalingstudies", body)
+    kube = Kube(api)
+    ns, name = "research", body["metadata"]["name"]
+    reconcile_study(kube, ns, name)  # children created
+    study = study_mod.Study.from_body(api.objects[("scalingstudies", ns, name)])
+    for i, c in enumerate(study_mod.plan(study)):
+        plural = KINDS[c.kind].plural
+        api.set(plural, ns, c.name, {"status": {"phase": "Succeeded",
+                                                "results": {"valLoss": 3.0 + i / 100}}})  # fmt: skip
+    decision = reconcile_study(kube, ns, name)  # the fit's ConfigMap and Job
+    job = next(o for o in decision.create if o["kind"] == "Job")["metadata"]["name"]
+    api.set("jobs", ns, job, {"status": {"conditions": [condition("Complete")]}})
+    api.add("pods", {"apiVersion": "v1", "kind": "Pod",
+                     "metadata": {"name": f"{job}-x", "namespace": ns, "labels": {"job-name": job}},
+                     "status": {"containerStatuses": [{"name": "fit", "state": {"terminated": {
+                         "message": json.dumps({"ar": {"values": {"E": 1.0}}})}}}]}})  # fmt: skip
+    reconcile_study(kube, ns, name)
+    assert api.objects[("scalingstudies", ns, name)]["status"]["phase"] == "Succeeded"
+
+
 def to_triple(method: str, path: str) -> Triple:
     m = RecordingApi.PATH.match(path)
     plural = m["plural"]
@@ -228,6 +257,7 @@ def client_calls() -> set[Triple]:
         manifest["spec"].pop("scheduling", None)  # Kueue admission is not part of this story
         drive_lifecycle(api, copy.deepcopy(manifest))
         drive_conflict(api, copy.deepcopy(manifest))
+    drive_study(api)
     return {to_triple(m, p) for m, p in api.calls}
 
 
@@ -268,6 +298,12 @@ def owner_calls() -> set[Triple]:
                 if ref.get("blockOwnerDeletion"):
                     assert ref["apiVersion"] == f"{GROUP}/{VERSION}"
                     out.add((GROUP, f"{KINDS[ref['kind']].plural}/finalizers", "update"))
+    from diffar.operator.study import render_study
+
+    for body in render_study(load_yaml(ROOT / "examples" / "study-paper-100m.yaml")):
+        for ref in body["metadata"]["ownerReferences"]:
+            if ref.get("blockOwnerDeletion"):
+                out.add((GROUP, "scalingstudies/finalizers", "update"))
     return out
 
 

@@ -61,17 +61,22 @@ compares them with these rules. Namespaced rules only; the cluster-scoped ones a
 {{- define "diffar.namespacedRules" -}}
 # The runs: kopf lists and watches them, reconcile reads them, kopf patches its finalizer and
 # its progress annotations into them.
+# A ScalingStudy creates its child runs.
 - apiGroups: ["diffar.io"]
   resources: ["diffusionruns", "arruns"]
-  verbs: ["get", "list", "watch", "patch"]
-# The operator is the only writer of a run's status.
+  verbs: ["get", "list", "watch", "create", "patch"]
+# ScalingStudies: watched, read and patched (kopf) like the runs.
 - apiGroups: ["diffar.io"]
-  resources: ["diffusionruns/status", "arruns/status"]
+  resources: ["scalingstudies"]
+  verbs: ["get", "list", "watch", "patch"]
+# The operator is the only writer of a run's and a study's status.
+- apiGroups: ["diffar.io"]
+  resources: ["diffusionruns/status", "arruns/status", "scalingstudies/status"]
   verbs: ["patch"]
 # Children carry ownerReferences with blockOwnerDeletion: true, which the
 # OwnerReferencesPermissionEnforcement admission plugin allows only with this permission.
 - apiGroups: ["diffar.io"]
-  resources: ["diffusionruns/finalizers", "arruns/finalizers"]
+  resources: ["diffusionruns/finalizers", "arruns/finalizers", "scalingstudies/finalizers"]
   verbs: ["update"]
 # Training: created, read, watched (kopf event handlers), suspended/resumed by a merge patch;
 # the chosen backend's kind only.
