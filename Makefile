@@ -115,7 +115,7 @@ images:
 IMAGES ?= operator trainer evaluator
 empty :=
 space := $(empty) $(empty)
-images-test: $(STAMP) system-deps
+images-test: $(STAMP) system-deps tools k8s
 	@start=$$(date +%s); bash scripts/images/build.sh $(IMAGES) && \
 	  $(BIN)/python -m pytest -q scripts/images/test_smoke.py -k "$(subst $(space), or ,$(strip $(IMAGES)))"; rc=$$?; \
 	  buildah images --format '{{.Name}}:{{.Tag}} {{.Size}}' | grep -E 'diffar-(test|standin)' || true; \
