@@ -83,7 +83,7 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-bench: $(STAMP)
+bench: $(STAMP) tools k8s
 	$(BIN)/pip install -q -c constraints.txt -e '.[bench]'
 	@mkdir -p bench/results
 	@for b in bench/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
@@ -115,7 +115,7 @@ images:
 IMAGES ?= operator trainer evaluator
 empty :=
 space := $(empty) $(empty)
-images-test: $(STAMP) system-deps
+images-test: $(STAMP) system-deps tools k8s
 	@start=$$(date +%s); bash scripts/images/build.sh $(IMAGES) && \
 	  $(BIN)/python -m pytest -q scripts/images/test_smoke.py -k "$(subst $(space), or ,$(strip $(IMAGES)))"; rc=$$?; \
 	  buildah images --format '{{.Name}}:{{.Tag}} {{.Size}}' | grep -E 'diffar-(test|standin)' || true; \

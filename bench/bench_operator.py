@@ -1,26 +1,30 @@
-"""Operator reconcile latency: a run manifest applied -> its PyTorchJob created, p50/p99.
+"""Operator reconcile latency and throughput against a real control plane.
 
-    python bench/bench_operator.py [--runs 200] [--json]
+    python bench/bench_operator.py [--runs 200] [--burst 100] [--json]
 
-The real operator (`diffar.operator.handlers` under `kopf.testing.KopfRunner`, as the end-to-end
-tests start it) against the tests' KMock Kubernetes emulator (tests/operator/kube_emulator.py)
-on loopback, over real HTTP. For each of `--runs` runs, alternately an ARRun and a DiffusionRun
-from examples/*-tiny-1gpu.yaml under a fresh name: the clock starts just before the client's
-create request and stops when the emulator stores the run's PyTorchJob (the emulator's create
-handler, same process and clock). Runs are applied one at a time, so each latency is the
-operator's reaction time, not queueing. Latency includes kopf's finalizer patch, the ConfigMap,
-the PyTorchJob and nothing after it. After each measurement the run is deleted (through the API:
-kopf sees it and removes its finalizer) and the emulator's store is purged of deleted objects and
-Events, and kmock's request record (see `purge`: kmock's cost per request grows with every
-object and request it ever held); `--keep` keeps every run (and that growth) instead. Writes bench/results/operator.json.
+A real Kubernetes control plane (etcd + kube-apiserver + kube-controller-manager from
+scripts/k8s/build.sh, the chart installed with Helm: tests/testsupport/cluster.py) started for
+the benchmark in a temporary folder, and the real operator (`diffar operator --standalone`, a
+process of its own) authenticated as the chart's ServiceAccount, as `make cluster` runs it.
+
+Two measurements, both from runs made from examples/*-tiny-1gpu.yaml (alternately an ARRun and
+a DiffusionRun) under fresh names, and both stopped by a watch on PyTorchJobs held by this
+process (one clock: the ADDED event of `<run>-train` arriving here):
+
+- latency: `--runs` runs applied one at a time; each from just before the client's create
+  request to its PyTorchJob's ADDED event. One at a time, so each is the operator's reaction
+  time (kopf's watch event, finalizer patch, ConfigMap, PyTorchJob), not queueing.
+- throughput: `--burst` runs created back to back, then the time until every one of their
+  PyTorchJobs exists; runs per second over that span.
+
+Runs are left in place: a real API server does not slow down with what it stores. The whole
+control plane is stopped at the end. Writes bench/results/operator.json.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
-import json
-import os
 import statistics
 import sys
 import tempfile
@@ -35,61 +39,71 @@ sys.path.insert(0, str(HERE))
 from benchio import stamp, write_report  # noqa: E402
 
 ROOT = HERE.parent
-sys.path.insert(0, str(ROOT / "tests" / "operator"))
-# The progress timer (read when the handlers module is imported) would scrape every run's
-# trainer; keep it out of the measurement window.
-os.environ.setdefault("DIFFAR_PROGRESS_INTERVAL", "3600")
+sys.path.insert(0, str(ROOT / "tests"))
 
 import kubernetes  # noqa: E402
-from kopf.testing import KopfRunner  # noqa: E402
-from kube_emulator import Emulator, EmulatorServer  # noqa: E402
+from testsupport import cluster  # noqa: E402
 
-from diffar.operator import crdgen  # noqa: E402
 from diffar.operator.kube import Kube  # noqa: E402
 
 NS = "bench"
-ARGS = ["run", "--standalone", "--all-namespaces", "-m", "diffar.operator.handlers"]
 TEMPLATES = [
     ROOT / "examples" / "ar-tiny-1gpu.yaml",
     ROOT / "examples" / "diffusion-tiny-1gpu.yaml",
 ]
-
-created_at: dict[tuple[str, str], float] = {}
-awaited: dict[tuple[str, str], threading.Event] = {}
-_original_create = Emulator._create
+# The progress timer would scrape every run's (absent) trainer: keep it out of the window.
+OPERATOR_ENV = {"DIFFAR_PROGRESS_INTERVAL": "3600"}
 
 
-async def _timed_create(self, resource, namespace, data):
-    status, obj = await _original_create(self, resource, namespace, data)
-    key = (resource.plural, obj["metadata"]["name"])
-    created_at[key] = time.perf_counter()
-    if key in awaited:
-        awaited[key].set()
-    return status, obj
+class ChildWatch:
+    """PyTorchJobs of one namespace as they are ADDED, timed on this process's clock."""
 
+    def __init__(self, api: kubernetes.client.ApiClient, namespace: str):
+        self.custom = kubernetes.client.CustomObjectsApi(api)
+        self.namespace = namespace
+        self.added: dict[str, float] = {}
+        self.cond = threading.Condition()
+        self.watch = kubernetes.watch.Watch()
+        listed = self.custom.list_namespaced_custom_object(
+            "kubeflow.org", "v1", namespace, "pytorchjobs"
+        )
+        self.rv = listed["metadata"]["resourceVersion"]
+        self.error: BaseException | None = None
+        threading.Thread(target=self._run, daemon=True).start()
 
-Emulator._create = _timed_create
+    def _run(self) -> None:
+        try:
+            for event in self.watch.stream(
+                self.custom.list_namespaced_custom_object,
+                "kubeflow.org",
+                "v1",
+                self.namespace,
+                "pytorchjobs",
+                resource_version=self.rv,
+                allow_watch_bookmarks=False,
+            ):
+                if event["type"] == "ADDED":
+                    now = time.perf_counter()
+                    with self.cond:
+                        self.added.setdefault(event["object"]["metadata"]["name"], now)
+                        self.cond.notify_all()
+        except BaseException as e:  # surfaced by wait(); a dead watch must not read as slowness
+            self.error = e
+            with self.cond:
+                self.cond.notify_all()
 
-
-def purge(server: EmulatorServer) -> None:
-    """Drop deleted objects, Events and kmock's request record, on the emulator's own loop.
-
-    kmock keeps every deleted object and every request it served (for test assertions), and its
-    per-request cost grows with them: a plain GET went from 10 ms to 80 ms over the first 20
-    runs here, and the latency with it (p50 250 ms over 30 runs with deleted objects purged but
-    the request record kept; 36 ms with both purged, flat). That is the emulator's cost, not the
-    operator's; a real API server does not slow down with its request count."""
-    emu = server.emulator
-
-    def drop() -> None:
-        for key in [k for k, obj in emu._objects.items() if obj.deleted or k[0].plural == "events"]:
-            del emu._objects[key]
-        emu._log.clear()  # replay log of watch events; kopf's watches are already open
-        emu._requests.clear()  # kmock's record of every request served, for test assertions
-
-    done = threading.Event()
-    server._loop.call_soon_threadsafe(lambda: (drop(), done.set()))
-    done.wait(10)
+    def wait(self, names: list[str], timeout: float) -> list[str]:
+        """Wait until every name was ADDED; returns those that were not within timeout."""
+        deadline = time.monotonic() + timeout
+        with self.cond:
+            while True:
+                if self.error is not None:
+                    raise RuntimeError(f"PyTorchJob watch failed: {self.error}")
+                missing = [n for n in names if n not in self.added]
+                left = deadline - time.monotonic()
+                if not missing or left <= 0:
+                    return missing
+                self.cond.wait(left)
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -99,74 +113,79 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[rank - 1]
 
 
+def run_manifest(templates: list[dict], i: int, prefix: str) -> dict:
+    manifest = copy.deepcopy(templates[i % 2])
+    name = f"{manifest['metadata']['name']}-{prefix}{i:04d}"
+    manifest["metadata"].update(name=name, namespace=NS)
+    return manifest
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--runs", type=int, default=200)
+    ap.add_argument("--runs", type=int, default=200, help="runs applied one at a time")
+    ap.add_argument("--burst", type=int, default=100, help="runs applied back to back")
     ap.add_argument("--timeout", type=float, default=30.0, help="per run, seconds")
     ap.add_argument("--progress-every", type=int, default=50)
-    ap.add_argument(
-        "--keep",
-        action="store_true",
-        help="keep every run (the emulator's store grows and slows each request)",
-    )
     ap.add_argument("--out", type=Path, default=HERE / "results" / "operator.json")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
 
-    templates = [yaml.safe_load(p.read_text()) for p in TEMPLATES]
-    server = EmulatorServer(crdgen.crds()).start()
-    work = Path(tempfile.mkdtemp(prefix="diffar-bench-op-"))
-    kubeconfig = work / "config"
-    kubeconfig.write_text(
-        json.dumps(
-            {
-                "apiVersion": "v1",
-                "kind": "Config",
-                "clusters": [{"name": "kmock", "cluster": {"server": server.url}}],
-                "users": [{"name": "bench", "user": {"token": "bench"}}],
-                "contexts": [{"name": "kmock", "context": {"cluster": "kmock", "user": "bench"}}],
-                "current-context": "kmock",
-            }
-        )
-    )
-    os.environ["KUBECONFIG"] = str(kubeconfig)
-    kubernetes.config.kube_config.KUBE_CONFIG_DEFAULT_LOCATION = str(kubeconfig)
-    kube = Kube(kubernetes.client.ApiClient(kubernetes.client.Configuration(host=server.url)))
+    def say(msg: str) -> None:
+        print(f"  {msg}", file=sys.stderr, flush=True)
 
+    templates = [yaml.safe_load(p.read_text()) for p in TEMPLATES]
+    root = Path(tempfile.mkdtemp(prefix="diffar-bench-op-"))
     latencies: list[float] = []
     failures: list[str] = []
     try:
-        with KopfRunner(ARGS, timeout=args.timeout * args.runs) as runner:
-            time.sleep(1.0)  # kopf's startup handlers and first watches
-            for i in range(args.runs):
-                manifest = copy.deepcopy(templates[i % 2])
-                name = f"{manifest['metadata']['name']}-{i:04d}"
-                manifest["metadata"].update(name=name, namespace=NS)
-                key = ("pytorchjobs", f"{name}-train")
-                done = awaited[key] = threading.Event()
-                t0 = time.perf_counter()
-                kube.create(manifest)
-                if not done.wait(args.timeout):
-                    failures.append(name)
-                    continue
-                latencies.append(created_at[key] - t0)
-                if not args.keep:
-                    kube.delete(manifest["kind"], NS, name)
-                    gone = time.perf_counter() + args.timeout
-                    while kube.get(manifest["kind"], NS, name) and time.perf_counter() < gone:
-                        time.sleep(0.02)
-                    purge(server)
-                if (i + 1) % args.progress_every == 0:
-                    print(  # KopfRunner captures stdout: to the real stderr
-                        f"  {i + 1}/{args.runs} runs, p50 so far "
-                        f"{statistics.median(latencies) * 1e3:.1f} ms",
-                        file=sys.__stderr__,
-                        flush=True,
-                    )
-        if runner.exception is not None:
-            raise runner.exception
+        try:
+            cp = cluster.start(root, operator=True, operator_env=OPERATOR_ENV, progress=say)
+        except cluster.ClusterError as e:
+            print(f"bench_operator: {e}", file=sys.stderr)
+            return 1
+        cp.kubectl("create", "namespace", NS)
+        cfg = kubernetes.client.Configuration()
+        kubernetes.config.load_kube_config(config_file=str(cp.kubeconfig), client_configuration=cfg)
+        api = kubernetes.client.ApiClient(cfg)
+        kube = Kube(api, timeout=args.timeout)
+        watch = ChildWatch(api, NS)
+
+        # A first run outside the measurement: kopf's startup, first watches, first imports.
+        warm = run_manifest(templates, 0, "warm")
+        kube.create(warm)
+        if watch.wait([f"{warm['metadata']['name']}-train"], 60):
+            print(f"bench_operator: no PyTorchJob for the warm-up run; see {cp.log('operator')}")
+            return 1
+
+        for i in range(args.runs):
+            manifest = run_manifest(templates, i, "seq")
+            child = f"{manifest['metadata']['name']}-train"
+            t0 = time.perf_counter()
+            kube.create(manifest)
+            if watch.wait([child], args.timeout):
+                failures.append(manifest["metadata"]["name"])
+                continue
+            latencies.append(watch.added[child] - t0)
+            if (i + 1) % args.progress_every == 0:
+                say(
+                    f"{i + 1}/{args.runs} runs, p50 so far "
+                    f"{statistics.median(latencies) * 1e3:.1f} ms"
+                )
+
+        burst = [run_manifest(templates, i, "burst") for i in range(args.burst)]
+        t0 = time.perf_counter()
+        for manifest in burst:
+            kube.create(manifest)
+        applied_s = time.perf_counter() - t0
+        children = [f"{m['metadata']['name']}-train" for m in burst]
+        burst_missing = watch.wait(children, args.timeout + args.burst)
+        done = [watch.added[c] for c in children if c in watch.added]
+        burst_s = (max(done) - t0) if done else float("nan")
+        failures += [c.removesuffix("-train") for c in burst_missing]
+        watch.watch.stop()
+        operator_log = cp.log("operator").read_text(errors="replace")
     finally:
-        server.stop()
+        cluster.stop(root, progress=lambda _m: None)
 
     if not latencies:
         print(f"no PyTorchJob appeared within {args.timeout}s for any run")
@@ -180,23 +199,39 @@ def main(argv: list[str] | None = None) -> int:
         "mean_ms": statistics.fmean(ms),
         "min_ms": min(ms),
     }
+    throughput = len(done) / burst_s if done and burst_s > 0 else 0.0
     print()
-    print(f"reconcile latency, manifest applied -> PyTorchJob created, {len(ms)} runs:")
+    print(f"reconcile latency, run created -> PyTorchJob ADDED, {len(ms)} runs one at a time:")
     print("  " + "  ".join(f"{k.removesuffix('_ms')} {v:.1f} ms" for k, v in summary.items()))
+    print(
+        f"throughput, {args.burst} runs created back to back (in {applied_s:.2f} s): "
+        f"{len(done)} PyTorchJobs in {burst_s:.2f} s = {throughput:.1f} runs/s"
+    )
     if failures:
-        print(f"  {len(failures)} run(s) got no PyTorchJob within {args.timeout}s: {failures[:5]}")
+        print(f"  {len(failures)} run(s) got no PyTorchJob in time: {failures[:5]}")
+    tracebacks = operator_log.count("Traceback")
 
     report = {
         **stamp("operator"),
-        "what": "kube create of an ARRun/DiffusionRun -> emulator stores <run>-train PyTorchJob",
+        "what": (
+            "real control plane, operator as the chart's ServiceAccount: create of an "
+            "ARRun/DiffusionRun -> <run>-train PyTorchJob ADDED on a watch"
+        ),
         "runs": args.runs,
         "measured": len(ms),
         "failures": failures,
         **summary,
+        "burst": {
+            "runs": args.burst,
+            "created_in_s": applied_s,
+            "all_children_in_s": burst_s,
+            "runs_per_s": throughput,
+        },
+        "operator_log_tracebacks": tracebacks,
         "latencies_ms": ms,
     }
     write_report(report, args.out, args.json)
-    return 1 if failures else 0
+    return 1 if failures or tracebacks else 0
 
 
 if __name__ == "__main__":

@@ -1,8 +1,8 @@
 """A small dict-in, dict-out Kubernetes client over the `kubernetes` package's ApiClient.
 
 The operator needs only a handful of verbs on a handful of kinds; raw paths keep every object a
-plain dict (as the builders produce them) and work the same against a real API server and the
-tests' emulator. Blocking: the kopf handlers that use it are sync and run in kopf's executor.
+plain dict (as the builders produce them). Blocking: the kopf handlers that use it are sync and
+run in kopf's executor.
 """
 
 from __future__ import annotations
