@@ -18,6 +18,7 @@ from pathlib import Path
 import kubernetes
 import pytest
 from testsupport import cluster
+from testsupport.manifests import MINIMAL_DIFFUSION
 from testsupport.servers import find_binary, free_port, wait_ready
 
 from diffar.operator.kube import ApiError, Kube
@@ -204,26 +205,6 @@ def pytest_collection_modifyitems(items):
     for item in items:
         if here in Path(str(item.fspath)).parents:
             item.add_marker(pytest.mark.integration)
-
-
-MINIMAL_DIFFUSION = {
-    "apiVersion": "diffar.io/v1alpha1",
-    "kind": "DiffusionRun",
-    "metadata": {"name": "mdm-small"},
-    "spec": {
-        "model": {"preset": "tiny", "seqLen": 128},
-        "data": {
-            "trainUri": "s3://data/train",
-            "valUri": "s3://data/val",
-            "uniqueTokens": 1_000_000,
-            "epochs": 4,
-        },
-        "training": {"globalBatch": 32, "microBatch": 4},
-        "resources": {"nodes": 2, "gpusPerNode": 4},
-        "checkpoint": {"uri": "s3://runs/mdm-small/ckpt"},
-        "s3": {"endpoint": "http://s3.local:8333", "credentialsSecret": "s3-keys"},
-    },
-}
 
 
 @pytest.fixture()

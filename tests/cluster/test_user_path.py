@@ -9,10 +9,11 @@ from pathlib import Path
 import pytest
 import yaml
 from testsupport import cluster
+from testsupport.manifests import run_examples
 
 from .conftest import wait_for
 
-EXAMPLES = sorted((cluster.ROOT / "examples").glob("*.yaml"))
+EXAMPLES = run_examples(cluster.ROOT)
 
 
 def test_there_are_cluster_examples():

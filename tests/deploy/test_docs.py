@@ -246,7 +246,14 @@ def check_diffar(args: list[str], cmd: Command) -> None:
         from diffar.operator.local.runner import resolve
 
         assert (ROOT / parsed.manifest).is_file(), f"{cmd}: {parsed.manifest} does not exist"
-        resolve(load_manifest(str(ROOT / parsed.manifest)), ROOT / "runs")
+        manifest = load_manifest(str(ROOT / parsed.manifest))
+        if manifest.get("kind") == "ScalingStudy":  # each child run, as `diffar run` plans them
+            from diffar.operator.study import Study, plan
+
+            for child in plan(Study.from_body(manifest), local=True):
+                resolve(child.body, ROOT / "runs", processes=1)
+        else:
+            resolve(manifest, ROOT / "runs")
     elif command == "quickstart":
         assert (ROOT / parsed.examples / "ar.yaml").is_file(), cmd
     for f in local_files:

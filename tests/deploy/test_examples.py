@@ -8,6 +8,7 @@ import json
 
 import kubernetes_validate
 import pytest
+from testsupport.manifests import run_examples
 
 from diffar.operator import crdgen, schemacheck
 from diffar.operator.builders import render
@@ -16,7 +17,7 @@ from diffar.operator.runs import Run, Settings, planned_steps, validate
 from .conftest import K8S_VERSIONS, PYTORCHJOB_CRD, ROOT, load_yaml
 
 # Run manifests; ScalingStudies (study-*.yaml) have their own tests (tests/operator/test_study.py).
-EXAMPLES = sorted(p for p in (ROOT / "examples").glob("*.yaml") if not p.name.startswith("study-"))
+EXAMPLES = run_examples(ROOT)
 PAPER_U = 99_952_399  # the paper's 100M unique tokens
 
 

@@ -23,7 +23,14 @@ from diffar.operator.kube import Kube
 from diffar.operator.runs import Settings
 
 from .conftest import ROOT, load_yaml
-from .test_rbac import RecordingApi, condition, granted, owner_calls, to_triple
+from .test_rbac import (
+    RecordingApi,
+    condition,
+    drive_study,
+    granted,
+    owner_calls,
+    to_triple,
+)
 
 SETTINGS = Settings(backend="trainjob", metrics_url_template="http://127.0.0.1:9/{job}/metrics")
 TRAINJOBS = ("trainer.kubeflow.org", "trainjobs")
@@ -78,6 +85,7 @@ def client_calls() -> set[tuple[str, str, str]]:
         manifest = load_yaml(ROOT / "examples" / example)
         manifest["spec"].pop("scheduling", None)
         drive_lifecycle(api, copy.deepcopy(manifest))
+    drive_study(api)  # a ScalingStudy's calls do not depend on the backend
     return {to_triple(m, p) for m, p in api.calls}
 
 

@@ -32,24 +32,10 @@ import copy
 import json
 from typing import Any
 
-BASE: dict[str, Any] = {
-    "apiVersion": "diffar.io/v1alpha1",
-    "kind": "DiffusionRun",
-    "metadata": {"name": "mdm-small", "namespace": "research"},
-    "spec": {
-        "model": {"preset": "tiny", "seqLen": 128},
-        "data": {
-            "trainUri": "s3://data/train",
-            "valUri": "s3://data/val",
-            "uniqueTokens": 1_000_000,
-            "epochs": 4,
-        },
-        "training": {"globalBatch": 32, "microBatch": 4},
-        "resources": {"nodes": 2, "gpusPerNode": 4},
-        "checkpoint": {"uri": "s3://runs/mdm-small/ckpt"},
-        "s3": {"endpoint": "http://s3.local:8333", "credentialsSecret": "s3-keys"},
-    },
-}
+from testsupport.manifests import MINIMAL_DIFFUSION
+
+# A valid DiffusionRun that every case mutates (shared with the conftests).
+BASE: dict[str, Any] = MINIMAL_DIFFUSION
 
 CLASSES = {
     "text": "newlines, NUL bytes, shell text or spaces in strings that reach env vars, labels, "

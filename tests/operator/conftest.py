@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from testsupport.manifests import MINIMAL_DIFFUSION, run_examples
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
@@ -19,7 +20,7 @@ ROOT = HERE.parent.parent
 # its README asks that it be read from there, not copied into the project.
 PYTORCHJOB_CRD = ROOT.parent / "shared" / "kubeflow" / "kubeflow.org_pytorchjobs.yaml"
 # Run manifests; ScalingStudies (study-*.yaml) have their own tests (tests/operator/test_study.py).
-EXAMPLES = sorted(p for p in (ROOT / "examples").glob("*.yaml") if not p.name.startswith("study-"))
+EXAMPLES = run_examples(ROOT)
 
 
 def load_yaml(path: Path) -> dict:
@@ -36,26 +37,6 @@ def run_crds() -> dict[str, dict]:
     from diffar.operator import crdgen
 
     return {crd["spec"]["names"]["kind"]: crd for crd in crdgen.crds()}
-
-
-MINIMAL_DIFFUSION = {
-    "apiVersion": "diffar.io/v1alpha1",
-    "kind": "DiffusionRun",
-    "metadata": {"name": "mdm-small", "namespace": "research"},
-    "spec": {
-        "model": {"preset": "tiny", "seqLen": 128},
-        "data": {
-            "trainUri": "s3://data/train",
-            "valUri": "s3://data/val",
-            "uniqueTokens": 1_000_000,
-            "epochs": 4,
-        },
-        "training": {"globalBatch": 32, "microBatch": 4},
-        "resources": {"nodes": 2, "gpusPerNode": 4},
-        "checkpoint": {"uri": "s3://runs/mdm-small/ckpt"},
-        "s3": {"endpoint": "http://s3.local:8333", "credentialsSecret": "s3-keys"},
-    },
-}
 
 
 @pytest.fixture()

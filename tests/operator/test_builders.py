@@ -6,6 +6,7 @@ import copy
 import json
 
 import pytest
+from testsupport.manifests import run_examples
 
 from diffar.operator import builders
 from diffar.operator.runs import Run, Settings, planned_steps, total_steps, train_config
@@ -228,7 +229,7 @@ def test_paper_quickstart_steps():
     assert total_steps(99_952_399, 500, 2048, 256) == 95320
 
 
-EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))
+EXAMPLES = run_examples(ROOT)
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=[p.stem for p in EXAMPLES])
