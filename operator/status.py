@@ -462,7 +462,9 @@ def decide(body: dict, observed: Observed, settings: Settings, now: datetime) ->
                     _Outcome("Queued", Reason.QUEUED, "waiting for Kueue admission"), run, **extra
                 )
             return finish(_Outcome("Pending", Reason.PODS_PENDING, "resuming"), run, **extra)
-        return finish(_Outcome("Pending", Reason.PODS_PENDING, cond_msg), run, **extra)
+        # Trainer v2.3 writes no Created condition: until pods report, say what exists.
+        msg = cond_msg or f"{train_kind} created"
+        return finish(_Outcome("Pending", Reason.PODS_PENDING, msg), run, **extra)
 
     if state == "Failed":
         msg = cond_msg or f"the {train_kind} failed"

@@ -174,6 +174,11 @@ def operator(control_plane, ns, tmp_path) -> Iterator[Operator]:
     (tmp_path / "operator.log").write_text(op.output())
 
 
+# The garbage collector rereads the API's resources every 30 s: a kind whose CRD was installed
+# since its last sync (TrainJobs early in a session) is collected only after the next one.
+GC_TIMEOUT = 90.0
+
+
 def wait_for(what: str, check: Callable[[], object], timeout: float = 30.0, log=None):
     deadline = time.monotonic() + timeout
     last = None

@@ -11,7 +11,7 @@ import copy
 import json
 import urllib.request
 
-from .conftest import http_get, wait_for
+from .conftest import GC_TIMEOUT, http_get, wait_for
 from .kubeflow import pod_terminated, pytorchjob_status
 
 
@@ -153,9 +153,12 @@ def test_diffusion_run_lifecycle(
         wait_for(
             f"{kind} collected",
             lambda kind=kind, child=child: kube.get(kind, ns, f"{name}-{child}") is None,
+            timeout=GC_TIMEOUT,
         )
     wait_for(
-        "pods collected", lambda: kube.list("Pod", ns, label_selector=f"job-name={name}-eval") == []
+        "pods collected",
+        lambda: kube.list("Pod", ns, label_selector=f"job-name={name}-eval") == [],
+        timeout=GC_TIMEOUT,
     )
     assert f'namespace="{ns}",run="{name}"' not in http_get(pushgateway + "/metrics")
 

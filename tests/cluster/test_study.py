@@ -19,7 +19,7 @@ import yaml
 
 from diffar.operator.study import LABEL_STUDY
 
-from .conftest import wait_for
+from .conftest import GC_TIMEOUT, wait_for
 from .kubeflow import pod_terminated, pytorchjob_status
 
 NAME = "sweep"
@@ -199,4 +199,4 @@ def test_study_on_the_real_api_server(control_plane, kube, ns, operator, tmp_pat
 
     # Deleting the study deletes its children.
     control_plane.kubectl("-n", ns, "delete", "scalingstudy", NAME, "--timeout=60s")
-    wait_for("children collected", lambda: children(kube, ns) == {}, timeout=60, log=log)
+    wait_for("children collected", lambda: children(kube, ns) == {}, timeout=GC_TIMEOUT, log=log)

@@ -15,18 +15,19 @@ from collections.abc import Iterator
 import pytest
 import yaml
 from testsupport import cluster
+from testsupport.manifests import run_examples
 
 from diffar.operator.builders import render
 from diffar.operator.runs import Run, Settings
 
-from .conftest import ROOT, Operator, wait_for
+from .conftest import GC_TIMEOUT, ROOT, Operator, wait_for
 from .kubeflow import pod_terminated
 from .test_lifecycle import owned_by, phase, run_events
 from .trainer import trainjob_status
 
 RELEASE = NS = "diffar-tj"  # the chart's full name is the release name (it contains "diffar")
 RUNTIME = "diffar-torch"
-EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))
+EXAMPLES = run_examples(ROOT)
 
 
 @pytest.fixture(scope="module")
@@ -225,7 +226,9 @@ def test_trainjob_run_lifecycle(
 
     # 5. Delete: the garbage collector takes the TrainJob with the run.
     control_plane.kubectl("-n", ns, "delete", "diffusionrun", name, "--timeout=60s")
-    wait_for("TrainJob collected", lambda: kube.get("TrainJob", ns, train) is None)
+    wait_for(
+        "TrainJob collected", lambda: kube.get("TrainJob", ns, train) is None, timeout=GC_TIMEOUT
+    )
 
 
 def test_trainjob_failure(control_plane, kube, ns, manifest, tj_operator):

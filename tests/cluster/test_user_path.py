@@ -11,7 +11,7 @@ import yaml
 from testsupport import cluster
 from testsupport.manifests import run_examples
 
-from .conftest import wait_for
+from .conftest import GC_TIMEOUT, wait_for
 
 EXAMPLES = run_examples(cluster.ROOT)
 
@@ -94,7 +94,11 @@ def test_helm_upgrade_then_the_documented_uninstall(control_plane, kube, ns, man
     # docs/install.md's order: runs first, while the operator still runs to release its
     # finalizer; then the release; then the CRDs. Each step must finish, none may hang.
     cp.kubectl("delete", "diffusionruns,arruns", "--all", "--all-namespaces", "--timeout=60s")
-    wait_for("children collected", lambda: kube.get("PyTorchJob", ns, f"{name}-train") is None)
+    wait_for(
+        "children collected",
+        lambda: kube.get("PyTorchJob", ns, f"{name}-train") is None,
+        timeout=GC_TIMEOUT,
+    )
     cp.helm("uninstall", cluster.RELEASE, "-n", cluster.RELEASE_NS, "--wait", "--timeout=60s")
     cp.kubectl("delete", "crd", "diffusionruns.diffar.io", "arruns.diffar.io", "--timeout=60s")
     assert cp.kubectl("get", "crd", "diffusionruns.diffar.io", check=False).returncode != 0

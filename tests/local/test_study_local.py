@@ -72,6 +72,13 @@ def test_reproduce_runs_a_local_study_and_writes_the_report_from_its_status(tmp_
     assert "the grid took" in report and "## What matches the paper and what does not" in report
     assert (tmp_path / "docs" / "img" / "reproduction" / "loss_vs_epochs.png").is_file()
 
+    # The same study, reading the data reproduce prepared (its folder is named by U and vocab).
+    from diffar.operator.local.quickstart import default_plan
+    from diffar.operator.local.reproduce import with_data
+
+    plan = default_plan(tmp_path / "examples" / "local", Path("runs"), unique_tokens=3000,
+                        vocab_size=300)  # fmt: skip
+    (tmp_path / "study.yaml").write_text(yaml.safe_dump(with_data(shrunken_study(), plan.data_dir)))
     again = diffar(tmp_path, "run", "study.yaml", "--local")
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     assert again.stdout.count("already complete: nothing to do") == 4
