@@ -261,6 +261,13 @@ class TrainingSpec(_Spec):
         "auto", description="Numerics: bf16, fp32, or auto (bf16 on GPUs)."
     )
     zeroStage: int = Field(1, ge=0, le=3, description="DeepSpeed ZeRO stage (0-3).")
+    maxNonfiniteSteps: int = Field(
+        3,
+        ge=1,
+        le=1000,
+        description="Consecutive steps with a NaN/Inf loss or gradient norm after which the run "
+        "stops with an error; a bad state is never saved, pruned or exported.",
+    )
     maxSteps: int | None = Field(
         None,
         ge=1,
@@ -554,6 +561,14 @@ class CheckpointSpec(_Spec):
         1000, ge=1, le=10**9, description="Save every N optimizer steps (and at the end)."
     )
     keep: int = Field(3, ge=1, le=1000, description="Keep the newest N checkpoints.")
+    gracePeriodSeconds: int = Field(
+        300,
+        ge=30,
+        le=3600,
+        description="Seconds a trainer pod has between SIGTERM (preemption, suspend, deletion) "
+        "and SIGKILL (its terminationGracePeriodSeconds): the trainer saves and commits a "
+        "checkpoint of the current step in that time, so allow one step plus one upload.",
+    )
 
 
 class EvaluationSpec(_Spec):

@@ -332,6 +332,8 @@ def trainer_container(run: Run, settings: Settings) -> dict[str, Any]:
 
 def _replica(run: Run, settings: Settings, replicas: int) -> dict[str, Any]:
     pod = _pod_spec(run, trainer_container(run, settings), "OnFailure")
+    # Time for the trainer's SIGTERM checkpoint (trainer/guards.py) before the kubelet kills it.
+    pod["terminationGracePeriodSeconds"] = run.spec.checkpoint.gracePeriodSeconds
     if run.spec.scheduling.volcano:
         pod["schedulerName"] = "volcano"
     return {

@@ -262,6 +262,7 @@ def train_config(run: Run):  # -> diffar.trainer.config.TrainConfig
         ar=ar,
         precision=s.training.precision,
         zero_stage=s.training.zeroStage,
+        max_nonfinite_steps=s.training.maxNonfiniteSteps,
         seed=s.training.seed,
         checkpoint=CheckpointConfig(
             dir=s.checkpoint.uri, interval=s.checkpoint.interval, keep=s.checkpoint.keep

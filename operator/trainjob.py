@@ -94,6 +94,7 @@ def _pod_patch(run: Run) -> dict[str, Any]:
     return {
         "volumes": volumes,
         "containers": [{"name": NODE, "volumeMounts": mounts}],
+        "terminationGracePeriodSeconds": run.spec.checkpoint.gracePeriodSeconds,
         **builders.pod_placement(run),
     }
 

@@ -310,3 +310,37 @@ def test_the_largest_admissible_run_plans_within_int64(manifest):
     run = run_of(manifest)
     steps = planned_steps(run)
     assert steps * 1 * 2 < 2**63 and steps > 10**17
+
+
+def test_sigterm_grace_and_divergence_limit_reach_the_trainer(manifest):
+    """The trainer's SIGTERM checkpoint needs the pod's grace period; its divergence stop, the
+    run's limit. Defaults, then values set in the manifest, under both backends."""
+    from diffar.operator.trainjob import build_trainjob
+    from diffar.trainer.errors import UserError
+
+    def grace(job: dict) -> set[int]:
+        if job["kind"] == "PyTorchJob":
+            specs = job["spec"]["pytorchReplicaSpecs"].values()
+            return {r["template"]["spec"]["terminationGracePeriodSeconds"] for r in specs}
+        (patch,) = job["spec"]["runtimePatches"]
+        (node,) = patch["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"]
+        return {node["template"]["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]}
+
+    run = run_of(manifest)
+    assert grace(builders.build_pytorchjob(run, SETTINGS)) == {300}
+    assert grace(build_trainjob(run, Settings(backend="trainjob"))) == {300}
+    assert train_config(run).max_nonfinite_steps == 3
+    manifest["spec"]["checkpoint"]["gracePeriodSeconds"] = 900
+    manifest["spec"]["training"]["maxNonfiniteSteps"] = 1
+    run = run_of(manifest)
+    assert grace(builders.build_pytorchjob(run, SETTINGS)) == {900}
+    assert grace(build_trainjob(run, Settings(backend="trainjob"))) == {900}
+    assert train_config(run).max_nonfinite_steps == 1
+    for field, bad in (
+        ("checkpoint", {"gracePeriodSeconds": 5}),
+        ("training", {"maxNonfiniteSteps": 0}),
+    ):
+        broken = copy.deepcopy(manifest)
+        broken["spec"][field].update(bad)
+        with pytest.raises(UserError, match=next(iter(bad))):
+            run_of(broken)
