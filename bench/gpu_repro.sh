@@ -16,19 +16,8 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] && [ -z "${PYTHON:-}" ] && PY=.venv/bin/python
-WHEELS=${WHEELS:-.whl}
-
-if compgen -G "$WHEELS/*.whl" >/dev/null; then
-  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-    --target /tmp/diffar-site "$WHEELS"/*.whl || exit 1
-  export PYTHONPATH=/tmp/diffar-site${PYTHONPATH:+:$PYTHONPATH}
-fi
-"$PY" - <<'PY' || exit 1
-import importlib.util, sys
-missing = [m for m in ("torch", "numpy", "pydantic", "yaml") if importlib.util.find_spec(m) is None]
-if missing:
-    sys.exit(f"missing Python packages: {missing}; carry wheels in .whl/ (bench/gpu_wheels.sh)")
-PY
+# shellcheck source=bench/gpu_env.sh
+source bench/gpu_env.sh
 
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total --format=csv
 export PYTHONUNBUFFERED=1
