@@ -125,23 +125,36 @@ def spec_hash(run: Run) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def owner_reference(run: Run) -> dict[str, Any]:
+def controller_reference(kind: str, name: str, uid: str) -> dict[str, Any]:
+    """The ownerReference of a child to its diffar object (a run or a study): the garbage
+    collector deletes the child with it."""
     return {
         "apiVersion": API_VERSION,
-        "kind": run.kind.kind,
-        "name": run.name,
-        "uid": run.uid,
+        "kind": kind,
+        "name": name,
+        "uid": uid,
         "controller": True,
         "blockOwnerDeletion": True,
     }
 
 
-def labels(run: Run, component: str) -> dict[str, str]:
+def owner_reference(run: Run) -> dict[str, Any]:
+    return controller_reference(run.kind.kind, run.name, run.uid)
+
+
+def common_labels(instance: str, component: str) -> dict[str, str]:
+    """The app.kubernetes.io labels of everything the operator creates."""
     return {
         "app.kubernetes.io/name": "diffar",
-        "app.kubernetes.io/instance": run.name,
+        "app.kubernetes.io/instance": instance,
         LABEL_COMPONENT: component,
         "app.kubernetes.io/managed-by": "diffar-operator",
+    }
+
+
+def labels(run: Run, component: str) -> dict[str, str]:
+    return {
+        **common_labels(run.name, component),
         LABEL_RUN: run.name,
         LABEL_KIND: run.kind.kind,
         LABEL_OBJECTIVE: run.objective,

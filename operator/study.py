@@ -26,6 +26,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from diffar.operator.api import API_VERSION, DNS1035, MAX_RUN_NAME
+from diffar.operator.builders import common_labels, controller_reference
 from diffar.operator.runs import (
     PLACEHOLDER_UID,
     Run,
@@ -176,24 +177,11 @@ class Child:
 
 
 def owner_reference(study: Study) -> dict[str, Any]:
-    return {
-        "apiVersion": API_VERSION,
-        "kind": KIND,
-        "name": study.name,
-        "uid": study.uid,
-        "controller": True,
-        "blockOwnerDeletion": True,
-    }
+    return controller_reference(KIND, study.name, study.uid)
 
 
 def study_labels(study: Study, component: str) -> dict[str, str]:
-    return {
-        "app.kubernetes.io/name": "diffar",
-        "app.kubernetes.io/instance": study.name,
-        "app.kubernetes.io/component": component,
-        "app.kubernetes.io/managed-by": "diffar-operator",
-        LABEL_STUDY: study.name,
-    }
+    return {**common_labels(study.name, component), LABEL_STUDY: study.name}
 
 
 def child_spec(study: Study, point: GridPoint, name: str) -> dict[str, Any]:
