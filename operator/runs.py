@@ -142,20 +142,7 @@ class Run:
         if kind_name not in KINDS:
             raise SpecError([f"kind must be one of {', '.join(sorted(KINDS))}, not {kind_name!r}"])
         kind = KINDS[kind_name]
-        if body.get("apiVersion") != API_VERSION:
-            raise SpecError([f"apiVersion must be {API_VERSION}, not {body.get('apiVersion')!r}"])
-        meta = body.get("metadata") or {}
-        name = meta.get("name") or ""
-        problems = _name_problems(name)
-        raw_spec = body.get("spec")
-        if not isinstance(raw_spec, dict):
-            raise SpecError([*problems, "spec is required and must be a mapping"])
-        try:
-            spec = kind.spec_model.model_validate(raw_spec)
-        except ValidationError as e:
-            raise SpecError(problems + format_validation(e, prefix="spec")) from None
-        if problems:
-            raise SpecError(problems)
+        meta, name, spec = parse_object(body, kind.spec_model, _name_problems)
         return cls(
             kind=kind,
             name=name,
@@ -165,6 +152,26 @@ class Run:
             spec=spec,
             labels=dict(meta.get("labels") or {}),
         )
+
+
+def parse_object(body: dict[str, Any], spec_model, name_problems) -> tuple[dict, str, Any]:
+    """The apiVersion, metadata.name and spec of a diffar object whose kind is checked: its
+    (metadata, name, validated spec), or a SpecError listing every problem found."""
+    if body.get("apiVersion") != API_VERSION:
+        raise SpecError([f"apiVersion must be {API_VERSION}, not {body.get('apiVersion')!r}"])
+    meta = body.get("metadata") or {}
+    name = meta.get("name") or ""
+    problems = name_problems(name)
+    raw_spec = body.get("spec")
+    if not isinstance(raw_spec, dict):
+        raise SpecError([*problems, "spec is required and must be a mapping"])
+    try:
+        spec = spec_model.model_validate(raw_spec)
+    except ValidationError as e:
+        raise SpecError(problems + format_validation(e, prefix="spec")) from None
+    if problems:
+        raise SpecError(problems)
+    return meta, name, spec
 
 
 def _name_problems(name: str) -> list[str]:

@@ -23,15 +23,13 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from pydantic import ValidationError
-
 from diffar.operator.api import API_VERSION, DNS1035, MAX_RUN_NAME
 from diffar.operator.builders import common_labels, controller_reference
 from diffar.operator.runs import (
     PLACEHOLDER_UID,
     Run,
     SpecError,
-    format_validation,
+    parse_object,
     train_config,
     validate,
 )
@@ -67,20 +65,7 @@ class Study:
             raise SpecError(["a study manifest must be a mapping"])
         if body.get("kind") != KIND:
             raise SpecError([f"kind must be {KIND}, not {body.get('kind')!r}"])
-        if body.get("apiVersion") != API_VERSION:
-            raise SpecError([f"apiVersion must be {API_VERSION}, not {body.get('apiVersion')!r}"])
-        meta = body.get("metadata") or {}
-        name = meta.get("name") or ""
-        problems = _name_problems(name)
-        raw = body.get("spec")
-        if not isinstance(raw, dict):
-            raise SpecError([*problems, "spec is required and must be a mapping"])
-        try:
-            spec = ScalingStudySpec.model_validate(raw)
-        except ValidationError as e:
-            raise SpecError(problems + format_validation(e, prefix="spec")) from None
-        if problems:
-            raise SpecError(problems)
+        meta, name, spec = parse_object(body, ScalingStudySpec, _name_problems)
         return cls(
             name=name,
             namespace=meta.get("namespace") or namespace or "default",
